@@ -1,0 +1,1 @@
+"""The kiosk demo app; uses only the public sdk API."""

@@ -1,0 +1,117 @@
+"""Bundle directories: open (with every file's sha256 checked) and write."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from sdk.errors import BundleError, ManifestError
+from sdk.manifest import MANIFEST_NAME, Manifest
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks (bundles can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: Path) -> str:
+    """A sha256 over every file below ``path`` (names and contents), for model directories."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Bundle:
+    """An opened, verified bundle: its directory, manifest and labels."""
+
+    path: Path
+    manifest: Manifest
+    labels: tuple[str, ...]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+    def size_bytes(self) -> int:
+        return sum((self.path / name).stat().st_size for name in self.manifest.files)
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        """Open a bundle directory and check it.
+
+        Args:
+            path: the bundle directory (the one holding ``manifest.json``).
+            verify: check the sha256 of every file listed in the manifest.
+
+        Raises:
+            BundleError: the directory or a listed file is missing, or a hash does not match.
+            ManifestError: the manifest is missing, malformed or breaks the schema.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise BundleError(f"{path}: no such bundle directory; check the path or run 'shelfedge export'")
+        if not path.is_dir():
+            raise BundleError(f"{path}: a bundle is a directory holding {MANIFEST_NAME}, not a file")
+        manifest = Manifest.load(path / MANIFEST_NAME)
+        for name, expected in manifest.files.items():
+            file = path / name
+            if not file.is_file():
+                raise BundleError(f"{path}: file {name!r} listed in the manifest is missing; re-export the bundle")
+            if verify:
+                actual = sha256_file(file)
+                if actual != expected:
+                    raise BundleError(
+                        f"{path}: {name!r} has sha256 {actual[:12]}…, the manifest says {expected[:12]}…; "
+                        "the file was changed or corrupted after export: re-export the bundle or restore it"
+                    )
+        labels = _read_labels(path, manifest)
+        return cls(path=path, manifest=manifest, labels=labels)
+
+
+def _read_labels(path: Path, manifest: Manifest) -> tuple[str, ...]:
+    if manifest.labels_file is None:
+        return ()
+    try:
+        lines = (path / manifest.labels_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: cannot read labels file {manifest.labels_file!r}: {e}") from e
+    labels = tuple(line.strip() for line in lines if line.strip())
+    classes = manifest.outputs[0].shape[-1]
+    if classes > 0 and len(labels) != classes:
+        raise ManifestError(
+            f"{path}: {manifest.labels_file!r} has {len(labels)} labels but output "
+            f"{manifest.outputs[0].name!r} has {classes} classes; they must match"
+        )
+    return labels
+
+
+def write_bundle(directory: Path, manifest: Manifest) -> Bundle:
+    """Hash every file the manifest names, write ``manifest.json`` and reopen the bundle.
+
+    ``manifest.files`` lists the relative paths to hash (values are replaced).
+
+    Raises:
+        BundleError: a listed file does not exist under ``directory``.
+    """
+    directory = Path(directory)
+    hashes = {}
+    for name in manifest.files:
+        file = directory / name
+        if not file.is_file():
+            raise BundleError(f"{directory}: cannot package {name!r}: the file does not exist")
+        hashes[name] = sha256_file(file)
+    manifest.with_changes(files=hashes).save(directory)
+    return Bundle.open(directory)

@@ -1,0 +1,365 @@
+"""The bundle manifest: a strict, versioned schema that is the single source of truth.
+
+A runtime reads everything it needs from here (format, tensors, preprocessing,
+labels); nothing is ever guessed from file names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sdk._strict import (
+    StrictReader,
+    as_float,
+    as_int,
+    as_list,
+    as_str,
+    as_str_dict,
+)
+from sdk.enums import (
+    ColorOrder,
+    Interpolation,
+    Layout,
+    ModelFormat,
+    OutputKind,
+    Precision,
+    ResizeMode,
+    Task,
+)
+from sdk.errors import ManifestError
+from sdk.tensors import Quantization, TensorSpec
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Preprocessing:
+    """How an image becomes the model's input tensor.
+
+    ``mean`` and ``std`` are in 0..255 pixel units and in the model's colour order:
+    ``x = (pixel - mean) / std``. Layout and dtype come from the input TensorSpec.
+    """
+
+    size: tuple[int, int]  # (height, width)
+    color_order: ColorOrder = ColorOrder.RGB
+    resize_mode: ResizeMode = ResizeMode.SHORTER_SIDE_CROP
+    crop_fraction: float = 0.875
+    interpolation: Interpolation = Interpolation.BILINEAR
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"size must be [height, width] with positive values, got {self.size}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std must have 3 values (one per channel)")
+        if any(s == 0 for s in self.std):
+            raise ValueError(f"std must not contain 0, got {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": list(self.size),
+            "color_order": self.color_order.value,
+            "resize_mode": self.resize_mode.value,
+            "crop_fraction": self.crop_fraction,
+            "interpolation": self.interpolation.value,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_reader(cls, r: StrictReader) -> "Preprocessing":
+        value = cls(
+            size=r.required("size", _pair),
+            color_order=r.optional("color_order", ColorOrder.RGB, _enum(ColorOrder, "color_order")),
+            resize_mode=r.optional(
+                "resize_mode", ResizeMode.SHORTER_SIDE_CROP, _enum(ResizeMode, "resize_mode")
+            ),
+            crop_fraction=r.optional("crop_fraction", 0.875, as_float),
+            interpolation=r.optional(
+                "interpolation", Interpolation.BILINEAR, _enum(Interpolation, "interpolation")
+            ),
+            mean=r.optional("mean", (0.0, 0.0, 0.0), as_list(as_float)),
+            std=r.optional("std", (1.0, 1.0, 1.0), as_list(as_float)),
+        )
+        r.finish()
+        return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Step:
+    """One conversion step: what ran, with which config and tool versions."""
+
+    name: str
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tool_versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": dict(self.config),
+            "tool_versions": dict(self.tool_versions),
+            "seconds": self.seconds,
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """Where the model came from and every step that made it."""
+
+    source: str
+    source_sha256: str
+    created_utc: str
+    steps: tuple[Step, ...] = ()
+    tool_versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    parent: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "created_utc": self.created_utc,
+            "parent": self.parent,
+            "steps": [s.to_dict() for s in self.steps],
+            "tool_versions": dict(self.tool_versions),
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeptInFloat:
+    """A layer left in higher precision by accuracy control, and why."""
+
+    layer: str
+    precision: Precision
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "precision": self.precision.value, "reason": self.reason}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """Everything a runtime needs to load and use a bundle; see DESIGN.md, "Bundle"."""
+
+    name: str
+    task: Task
+    format: ModelFormat
+    precision: Precision
+    model_file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    output_kind: OutputKind
+    preprocessing: Preprocessing | None
+    labels_file: str | None
+    provenance: Provenance
+    files: Mapping[str, str]  # relative path -> sha256
+    metrics: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    kept_in_float: tuple[KeptInFloat, ...] = ()
+    # Reserved for signing/encryption; must be null until a schema version defines it.
+    signature: None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "task": self.task.value,
+            "format": self.format.value,
+            "precision": self.precision.value,
+            "model_file": self.model_file,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "output_kind": self.output_kind.value,
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
+            "labels_file": self.labels_file,
+            "provenance": self.provenance.to_dict(),
+            "files": dict(sorted(self.files.items())),
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
+            "kept_in_float": [k.to_dict() for k in self.kept_in_float],
+            "signature": None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = MANIFEST_NAME) -> "Manifest":
+        """Parse a manifest strictly.
+
+        Raises:
+            ManifestError: on an unknown key, a missing field, a wrong type or an
+                unsupported schema version, naming the key.
+        """
+        r = StrictReader(data, where, ManifestError)
+        version = r.required("schema_version", as_int)
+        if version != SCHEMA_VERSION:
+            raise r.fail(
+                f"schema_version {version} is not supported (this shelfedge reads {SCHEMA_VERSION}); "
+                "re-export the bundle with this version of shelfedge"
+            )
+        preprocessing_reader = r.child("preprocessing", required=False)
+        provenance_reader = r.child("provenance")
+        assert provenance_reader is not None
+        signature = r.optional("signature", None)
+        if signature is not None:
+            raise r.fail("'signature' must be null: signed bundles need a newer schema version")
+        manifest = cls(
+            schema_version=version,
+            name=r.required("name", as_str),
+            task=r.required("task", _enum(Task, "task")),
+            format=r.required("format", _enum(ModelFormat, "format")),
+            precision=r.required("precision", _enum(Precision, "precision")),
+            model_file=r.required("model_file", _relative_path),
+            inputs=_tensors(r, "inputs"),
+            outputs=_tensors(r, "outputs"),
+            output_kind=r.required("output_kind", _enum(OutputKind, "output_kind")),
+            preprocessing=(
+                Preprocessing.from_reader(preprocessing_reader) if preprocessing_reader else None
+            ),
+            labels_file=r.optional("labels_file", None, _relative_path),
+            provenance=_provenance(provenance_reader),
+            files=r.required("files", _file_hashes),
+            metrics=r.optional("metrics", {}, as_str_dict),
+            kept_in_float=_kept_in_float(r),
+        )
+        r.finish()
+        for needed in filter(None, (manifest.model_file, manifest.labels_file)):
+            if needed not in manifest.files:
+                raise ManifestError(
+                    f"{where}: {needed!r} is not listed in 'files' with its sha256; "
+                    "every file of a bundle must be hashed"
+                )
+        return manifest
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        """Read and parse ``manifest.json``.
+
+        Raises:
+            ManifestError: the file is missing, not JSON, or does not follow the schema.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as e:
+            raise ManifestError(f"{path}: no manifest; a bundle directory needs {MANIFEST_NAME}") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{path}: cannot read the manifest: {e}") from e
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}: not valid JSON ({e}); the bundle is corrupted, re-export it") from e
+        return cls.from_dict(data, where=str(path))
+
+    def with_changes(self, **changes: Any) -> "Manifest":
+        return dataclasses.replace(self, **changes)
+
+
+def _enum(enum_type: Any, what: str) -> Any:
+    return lambda value: enum_type.parse(value, what)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    items = as_list(as_int)(value)
+    if len(items) != 2:
+        raise ValueError(f"expected [height, width], got {value!r}")
+    return (items[0], items[1])
+
+
+def _relative_path(value: Any) -> str:
+    text = as_str(value)
+    path = Path(text)
+    if path.is_absolute() or ".." in path.parts or not text:
+        raise ValueError(f"{text!r} must be a path relative to the bundle directory")
+    return text
+
+
+def _file_hashes(value: Any) -> dict[str, str]:
+    hashes = as_str_dict(value)
+    for name, digest in hashes.items():
+        _relative_path(name)
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise ValueError(f"files[{name!r}] must be a 64-character sha256 hex digest")
+    return hashes
+
+
+def _tensors(r: StrictReader, key: str) -> tuple[TensorSpec, ...]:
+    items = r.required(key)
+    if not isinstance(items, list) or not items:
+        raise r.fail(f"{key!r} must be a non-empty list of tensor specs")
+    specs = []
+    for i, item in enumerate(items):
+        t = StrictReader(item, f"{r.where}.{key}[{i}]", ManifestError)
+        q = t.child("quantization", required=False)
+        quantization = None
+        if q is not None:
+            quantization = Quantization(
+                scale=q.required("scale", as_float), zero_point=q.required("zero_point", as_int)
+            )
+            q.finish()
+        try:
+            spec = TensorSpec(
+                name=t.required("name", as_str),
+                shape=t.required("shape", as_list(as_int)),
+                dtype=t.required("dtype", as_str),
+                layout=t.optional("layout", Layout.ANY, _enum(Layout, "layout")),
+                quantization=quantization,
+            )
+        except ValueError as e:
+            raise t.fail(str(e)) from e
+        t.finish()
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _provenance(r: StrictReader) -> Provenance:
+    steps = []
+    for i, item in enumerate(r.optional("steps", [], as_list(lambda v: v))):
+        s = StrictReader(item, f"{r.where}.steps[{i}]", ManifestError)
+        steps.append(
+            Step(
+                name=s.required("name", as_str),
+                config=s.optional("config", {}, as_str_dict),
+                tool_versions=s.optional("tool_versions", {}, as_str_dict),
+                seconds=s.optional("seconds", None, as_float),
+            )
+        )
+        s.finish()
+    value = Provenance(
+        source=r.required("source", as_str),
+        source_sha256=r.required("source_sha256", as_str),
+        created_utc=r.required("created_utc", as_str),
+        parent=r.optional("parent", None, as_str),
+        steps=tuple(steps),
+        tool_versions=r.optional("tool_versions", {}, as_str_dict),
+    )
+    r.finish()
+    return value
+
+
+def _kept_in_float(r: StrictReader) -> tuple[KeptInFloat, ...]:
+    kept = []
+    for i, item in enumerate(r.optional("kept_in_float", [], as_list(lambda v: v))):
+        k = StrictReader(item, f"{r.where}.kept_in_float[{i}]", ManifestError)
+        kept.append(
+            KeptInFloat(
+                layer=k.required("layer", as_str),
+                precision=k.required("precision", _enum(Precision, "precision")),
+                reason=k.required("reason", as_str),
+            )
+        )
+        k.finish()
+    return tuple(kept)

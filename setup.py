@@ -1,0 +1,30 @@
+"""shelfedge: edge deployment SDK for retail AI (distribution and command: ``shelfedge``)."""
+
+from setuptools import setup
+
+EXTRAS = {
+    "litert": ["ai-edge-litert>=2.1"],
+    "openvino": ["openvino>=2025.3"],
+    "onnx": ["onnx>=1.18", "onnxruntime>=1.22"],
+    # TensorFlow is the reference runtime and the exporter's source framework.
+    "tf": ["tensorflow-cpu>=2.20", "keras>=3.10", "tf2onnx>=1.17"],
+    "quant": ["nncf>=3.0"],
+    "report": ["matplotlib>=3.9"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+}
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "dev" for req in reqs})
+
+setup(
+    name="shelfedge",
+    version="0.1.0",
+    description="Edge deployment SDK for retail AI: distil, quantize, run and prove parity on edge hardware",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["sdk", "sdk.cli", "converters", "runtimes", "demo_app", "hw_profiles"],
+    package_data={"hw_profiles": ["*.yaml"]},
+    install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "PyYAML>=6.0"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["shelfedge=sdk.cli:main"]},
+    license="Apache-2.0",
+)
