@@ -1,7 +1,8 @@
 """The runtime adapter contract and the explicit table of adapters.
 
-An adapter module in ``runtimes/`` exposes ``open_session(model_path, inputs, outputs,
-options) -> Session`` and ``backend_info() -> dict``. ``sdk`` never imports an adapter at
+An adapter module in ``runtimes/`` exposes ``require_backend()`` (raises ImportError when
+its library is missing), ``backend_info() -> dict``, ``describe(model_path) -> (inputs,
+outputs)`` and ``open_session(model_path, inputs, outputs, options) -> BaseSession``. ``sdk`` never imports an adapter at
 module load: the table below names modules, imported on first use, so a missing
 backend fails only when it is asked for, with the extra to install.
 """
@@ -182,6 +183,16 @@ def open_session(
     """
     module = adapter_module(runtime)
     return module.open_session(Path(model_path), list(inputs), list(outputs), options)
+
+
+def describe_model(runtime: Runtime, model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the input and output TensorSpecs from the model file itself (for packaging).
+
+    Raises:
+        BackendUnavailableError: the backend is missing.
+        InferenceError: the backend could not read the model.
+    """
+    return adapter_module(runtime).describe(Path(model_path))
 
 
 def available_runtimes() -> dict[Runtime, dict[str, Any]]:
