@@ -1,0 +1,138 @@
+"""``sdk.load``: a verified bundle + a hardware profile -> a running model session."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from sdk.bundle import Bundle
+from sdk.enums import RUNTIMES_FOR_FORMAT, Device, FallbackPolicy, Runtime
+from sdk.errors import ConfigError
+from sdk.profiles import HardwareProfile, RuntimeOptions, load_profile
+from sdk.runtime import BaseSession, SessionInfo, SessionOptions, open_session
+from sdk.tensors import TensorSpec
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadPlan:
+    """What ``load`` decided to open, before opening it (printed by ``--dry-run`` style tools)."""
+
+    runtime: Runtime
+    options: SessionOptions
+    profile_id: str | None
+
+
+def plan_load(
+    bundle: Bundle,
+    profile: HardwareProfile | None = None,
+    *,
+    runtime: Runtime | str | None = None,
+    device: Device | str | None = None,
+    fallback: FallbackPolicy | str | None = None,
+    threads: int | None = None,
+) -> LoadPlan:
+    """Decide runtime, device and options: explicit arguments win over the profile.
+
+    Raises:
+        ConfigError: the runtime cannot open the bundle's format, or a value is unknown.
+    """
+    fmt = bundle.manifest.format
+    allowed = RUNTIMES_FOR_FORMAT[fmt]
+    try:
+        chosen_runtime = Runtime.parse(runtime, "runtime") if runtime is not None else None
+        chosen_device = Device.parse(device, "device") if device is not None else None
+        chosen_fallback = FallbackPolicy.parse(fallback, "fallback") if fallback is not None else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if chosen_runtime is None and profile is not None and profile.runtime in allowed:
+        chosen_runtime = profile.runtime
+    chosen_runtime = chosen_runtime or allowed[0]
+    if chosen_runtime not in allowed:
+        names = ", ".join(r.value for r in allowed)
+        raise ConfigError(
+            f"bundle {bundle.path} is {fmt.value}; runtime {chosen_runtime.value!r} cannot open it "
+            f"(use one of: {names}, or export the model to a format that runtime reads)"
+        )
+    # A profile only speaks for its own runtime: its device and options do not carry over.
+    use_profile = profile is not None and profile.runtime == chosen_runtime
+    options = profile.runtime_options if use_profile else RuntimeOptions()
+    if threads is not None:
+        options = dataclasses.replace(options, threads=threads)
+    session_options = SessionOptions(
+        device=chosen_device or (profile.device if use_profile else Device.CPU),
+        fallback_device=(profile.fallback_device if use_profile and profile.fallback_device else Device.CPU),
+        fallback=chosen_fallback or (profile.fallback if use_profile else FallbackPolicy.RECORD),
+        runtime_options=options,
+    )
+    return LoadPlan(
+        runtime=chosen_runtime, options=session_options, profile_id=profile.id if profile else None
+    )
+
+
+class Model:
+    """A bundle opened on a runtime: tensors in, tensors out, plus what ran where."""
+
+    def __init__(self, bundle: Bundle, session: BaseSession, plan: LoadPlan) -> None:
+        self.bundle = bundle
+        self.session = session
+        self.plan = plan
+
+    @property
+    def info(self) -> SessionInfo:
+        return self.session.info
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return self.bundle.manifest.inputs[0]
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch through the session (see BaseSession.run for what it raises)."""
+        return self.session.run(feed)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def load(
+    bundle: str | Path | Bundle,
+    profile: str | Path | HardwareProfile | None = None,
+    *,
+    runtime: Runtime | str | None = None,
+    device: Device | str | None = None,
+    fallback: FallbackPolicy | str | None = None,
+    threads: int | None = None,
+) -> Model:
+    """Open a bundle (hashes checked) on the runtime and device the profile or caller asks for.
+
+    Raises:
+        BundleError: the bundle is missing or tampered with.
+        ManifestError: the manifest breaks the schema or disagrees with the model file.
+        ProfileError: the profile is unknown or malformed.
+        ConfigError: the runtime cannot open this bundle's format.
+        BackendUnavailableError: the runtime is not installed, or the device is absent under
+            a strict fallback policy.
+        InferenceError: the runtime could not load the model file.
+    """
+    opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    chosen_profile = load_profile(profile) if isinstance(profile, (str, Path)) else profile
+    plan = plan_load(
+        opened, chosen_profile, runtime=runtime, device=device, fallback=fallback, threads=threads
+    )
+    manifest = opened.manifest
+    session = open_session(plan.runtime, opened.model_path, manifest.inputs, manifest.outputs, plan.options)
+    return Model(opened, session, plan)
