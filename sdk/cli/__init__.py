@@ -1,0 +1,78 @@
+"""The ``shelfedge`` command line.
+
+The CLI is the composition root: it is the one place in ``sdk`` that reaches into
+``converters`` (for ``export`` and ``quickstart``), and only lazily, inside those commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sdk.errors import ShelfedgeError
+
+# command name -> (module, help); each module has add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "devices": ("sdk.cli.devices", "installed runtimes, versions, devices, GPU present or not"),
+    "profiles": ("sdk.cli.profiles", "list hardware profiles or show one"),
+    "export": ("sdk.cli.export", "export a Keras model / SavedModel to LiteRT, OpenVINO and ONNX bundles"),
+    "inspect": ("sdk.cli.inspect", "show and verify a bundle's manifest"),
+    "classify": ("sdk.cli.classify", "classify images with a bundle on a runtime/device"),
+    "quickstart": ("sdk.cli.quickstart", "the main job: train, export to every format, compare runtimes"),
+}
+
+
+def emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) -> None:
+    """Print ``payload`` as JSON with --json, else the human ``text``."""
+    if getattr(args, "json", False):
+        json.dump(payload, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text() if callable(text) else text)
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so --json stdout stays machine-readable."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="shelfedge",
+        description="Edge deployment SDK for retail AI: export, run and compare models on edge runtimes.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter drowns the output of every command.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except ShelfedgeError as e:
+        if args.json:
+            json.dump({"error": type(e).__name__, "message": str(e)}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        print(f"shelfedge {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
