@@ -1,0 +1,1 @@
+"""Reference model architectures the converters start from (server / teacher models)."""
