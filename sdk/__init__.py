@@ -1,0 +1,59 @@
+"""shelfedge SDK: load a bundle, classify a frame, the same answers on every device.
+
+    import sdk
+    with sdk.ImageClassifier.from_bundle("bundles/grocery-tflite-fp32") as clf:
+        print(clf.classify("apple.jpg", top_k=3).top1)
+"""
+
+from __future__ import annotations
+
+from sdk.bundle import Bundle
+from sdk.classifier import Category, ClassificationResult, ImageClassifier, Timings
+from sdk.enums import Device, FallbackPolicy, ModelFormat, Precision, Runtime, Task
+from sdk.errors import (
+    BackendUnavailableError,
+    BundleError,
+    ConfigError,
+    ConversionError,
+    InferenceError,
+    InputError,
+    ManifestError,
+    ParityError,
+    ProfileError,
+    ShelfedgeError,
+)
+from sdk.loading import Model, load
+from sdk.manifest import Manifest
+from sdk.profiles import HardwareProfile, list_profiles, load_profile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "Bundle",
+    "BundleError",
+    "Category",
+    "ClassificationResult",
+    "ConfigError",
+    "ConversionError",
+    "Device",
+    "FallbackPolicy",
+    "HardwareProfile",
+    "ImageClassifier",
+    "InferenceError",
+    "InputError",
+    "Manifest",
+    "ManifestError",
+    "Model",
+    "ModelFormat",
+    "ParityError",
+    "Precision",
+    "ProfileError",
+    "Runtime",
+    "ShelfedgeError",
+    "Task",
+    "Timings",
+    "list_profiles",
+    "load",
+    "load_profile",
+]
