@@ -122,7 +122,13 @@ class BaseSession:
             raise InferenceError(f"{self.info.runtime.value} failed to run the model: {e}") from e
 
     def run_unchecked(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run without the feed checks: for benchmark loops that already checked once."""
+        """Run without the feed checks: for benchmark loops that already checked once.
+
+        Raises:
+            InferenceError: the session is closed.
+        """
+        if self._closed:
+            raise InferenceError(f"{self.info.runtime.value} session is closed; open a new one")
         return self._run(feed)
 
     def close(self) -> None:

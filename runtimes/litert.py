@@ -1,0 +1,297 @@
+"""LiteRT (TensorFlow Lite) adapter: ai_edge_litert, else tflite_runtime, else tensorflow.lite.
+
+CPU runs go through the interpreter's default XNNPACK delegate; accelerators (Edge TPU, GPU,
+NNAPI) are external delegates loaded by library path from ``runtime_options.delegate``.
+
+Precision is inferred from the tensors: int8/uint8 inputs or quantized int8 tensors with a
+QUANTIZE op -> int8 (int8 weights without one -> dynamic_int8), int16 inputs -> int16x8,
+float16 tensors (fp16 weights) -> fp16, else fp32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes._common import (
+    accelerator_unavailable,
+    check_specs,
+    load_failed,
+    make_spec,
+    require_file,
+    with_dynamic_batch,
+)
+from sdk.enums import Device, Precision, Runtime
+from sdk.errors import InferenceError
+from sdk.runtime import BaseSession, SessionInfo, SessionOptions
+from sdk.tensors import Quantization, TensorSpec
+
+_NAME = "litert"
+# (package reported, module holding Interpreter and load_delegate), in order of preference.
+_CANDIDATES = (
+    ("ai_edge_litert", "ai_edge_litert.interpreter"),
+    ("tflite_runtime", "tflite_runtime.interpreter"),
+    ("tensorflow.lite", "tensorflow"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Backend:
+    package: str
+    version: str
+    interpreter: Any  # the Interpreter class
+    load_delegate: Any
+
+
+_backend_cache: list[_Backend] = []
+
+
+def _backend() -> _Backend:
+    if _backend_cache:
+        return _backend_cache[0]
+    errors = []
+    for package, module_name in _CANDIDATES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            errors.append(f"{package}: {e}")
+            continue
+        if package == "tensorflow.lite":
+            lite = module.lite
+            backend = _Backend(package, module.__version__, lite.Interpreter, lite.experimental.load_delegate)
+        else:
+            version = getattr(importlib.import_module(package), "__version__", "unknown")
+            backend = _Backend(package, version, module.Interpreter, module.load_delegate)
+        _backend_cache.append(backend)
+        return backend
+    raise ImportError("no LiteRT interpreter found (install ai-edge-litert); tried " + "; ".join(errors))
+
+
+def require_backend() -> None:
+    """Import a LiteRT interpreter.
+
+    Raises:
+        ImportError: none of ai-edge-litert, tflite-runtime or tensorflow is installed.
+    """
+    _backend()
+
+
+def backend_info() -> dict[str, Any]:
+    """Name, version and the package that provides the interpreter.
+
+    Raises:
+        ImportError: no LiteRT interpreter is installed.
+    """
+    backend = _backend()
+    return {
+        "name": _NAME,
+        "version": backend.version,
+        "package": backend.package,
+        "devices": ["CPU"],  # accelerators are external delegates, known only when one loads
+    }
+
+
+def describe(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the model's input and output specs (signature names when the model has one signature).
+
+    Raises:
+        InferenceError: the file is missing or not a readable .tflite model.
+    """
+    interpreter = _load(Path(model_path), [], None)
+    inputs, outputs, _ = _tensors(interpreter)
+    return [spec for spec, _ in inputs], [spec for spec, _ in outputs]
+
+
+def open_session(
+    model_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], options: SessionOptions
+) -> BaseSession:
+    """Open a LiteRT interpreter, with the profile's delegate when one is configured.
+
+    Raises:
+        ManifestError: a manifest spec does not match the model.
+        BackendUnavailableError: the delegate/accelerator is missing and the policy is strict.
+        InferenceError: the model (or the model with the delegate) could not be loaded.
+    """
+    model_path = Path(model_path)
+    backend = _backend()
+    ro = options.runtime_options
+    delegates: list[Any] = []
+    fell_back, reason = False, None
+    if ro.delegate:
+        try:
+            # Probe with ctypes first: a failed load_delegate leaves a half-built Delegate whose
+            # __del__ prints an AttributeError (ai-edge-litert 2.3), noise on every fallback.
+            ctypes.CDLL(ro.delegate)
+            delegates.append(backend.load_delegate(ro.delegate, dict(ro.delegate_options) or None))
+        except (OSError, ValueError, RuntimeError) as e:
+            reason = accelerator_unavailable(
+                options,
+                _NAME,
+                f"the delegate library {ro.delegate!r} could not be loaded ({e})",
+                f"install it (for Coral: the libedgetpu runtime) or set the delegate's full path in "
+                f"the hardware profile's runtime_options.delegate",
+                cause=e,
+            )
+            fell_back = True
+    elif options.device is not Device.CPU:
+        reason = accelerator_unavailable(
+            options,
+            _NAME,
+            f"device {options.device.value} was requested but no delegate is configured, so no "
+            f"accelerator is available",
+            "set runtime_options.delegate to the accelerator's delegate library in the profile",
+        )
+        fell_back = True
+    interpreter = _load(model_path, delegates, ro.threads)
+    model_inputs, model_outputs, tensor_details = _tensors(interpreter)
+    in_specs = check_specs(model_path, "input", inputs, [s for s, _ in model_inputs])
+    out_specs = check_specs(model_path, "output", outputs, [s for s, _ in model_outputs])
+    in_index = {s.name: i for s, i in model_inputs}
+    out_index = {s.name: i for s, i in model_outputs}
+    precision = _precision(interpreter, [s for s, _ in model_inputs], tensor_details)
+    accelerator = Path(ro.delegate).name if delegates else "XNNPACK"
+    info = SessionInfo(
+        runtime=Runtime.LITERT,
+        runtime_version=backend.version,
+        backend=backend.package,
+        requested_device=options.device,
+        actual_device=options.device.value if delegates and options.device is not Device.CPU else "CPU",
+        precision=precision,
+        threads=ro.threads,
+        requested_accelerator=ro.delegate,
+        actual_accelerator=accelerator,
+        fell_back=fell_back,
+        fallback_reason=reason,
+        details={"delegate_options": dict(ro.delegate_options), "model": str(model_path)},
+    )
+    feeds = [(given.name, in_index[spec.name]) for given, spec in zip(inputs, in_specs)]
+    fetches = [(given.name, out_index[spec.name]) for given, spec in zip(outputs, out_specs)]
+    # Any batch size runs (the interpreter resizes), whatever the file's batch dim says.
+    return LiteRTSession(
+        interpreter, feeds, fetches, with_dynamic_batch(inputs), with_dynamic_batch(outputs), info
+    )
+
+
+class LiteRTSession(BaseSession):
+    """One interpreter; input tensors are resized (and re-allocated) only when a shape changes."""
+
+    def __init__(
+        self,
+        interpreter: Any,
+        feeds: list[tuple[str, int]],
+        fetches: list[tuple[str, int]],
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        info: SessionInfo,
+    ) -> None:
+        super().__init__(inputs, outputs, info)
+        self._interpreter = interpreter
+        self._feeds = feeds
+        self._fetches = fetches
+        # The shape each input is allocated for; a feed of another shape triggers one resize.
+        self._shapes = {
+            d["index"]: tuple(int(x) for x in d["shape"]) for d in interpreter.get_input_details()
+        }
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interpreter = self._interpreter
+        resized = False
+        for name, index in self._feeds:
+            shape = feed[name].shape
+            if shape != self._shapes[index]:
+                interpreter.resize_tensor_input(index, shape, strict=False)
+                self._shapes[index] = shape
+                resized = True
+        if resized:
+            interpreter.allocate_tensors()
+        for name, index in self._feeds:
+            interpreter.set_tensor(index, feed[name])
+        interpreter.invoke()
+        # get_tensor copies, so results stay valid after the next invoke.
+        return {name: interpreter.get_tensor(index) for name, index in self._fetches}
+
+    def _close(self) -> None:
+        self._interpreter = None
+
+
+def _load(model_path: Path, delegates: list[Any], threads: int | None) -> Any:
+    require_file(model_path, _NAME)
+    backend = _backend()
+    try:
+        interpreter = backend.interpreter(
+            model_path=str(model_path), experimental_delegates=delegates or None, num_threads=threads
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        if delegates:
+            raise InferenceError(
+                f"{_NAME} could not load {model_path} with the delegate: {e}; check the model was "
+                f"compiled for this accelerator (e.g. edgetpu_compiler for Coral)"
+            ) from e
+        raise load_failed(model_path, _NAME, e) from e
+    return interpreter
+
+
+_Indexed = list[tuple[TensorSpec, int]]
+
+
+def _tensors(interpreter: Any) -> tuple[_Indexed, _Indexed, list[dict]]:
+    """(spec, tensor index) for inputs and outputs, plus every tensor's details."""
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    names_in = {d["index"]: d["name"] for d in inputs}
+    names_out = {d["index"]: d["name"] for d in outputs}
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:
+        # Signature keys ('image') are the names the exporter chose; raw tensor names
+        # ('serving_default_image:0') are not. Use them only when they map onto the primary
+        # subgraph's tensors, which the interpreter API below drives.
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        sig_in = {d["index"]: name for name, d in runner.get_input_details().items()}
+        sig_out = {d["index"]: name for name, d in runner.get_output_details().items()}
+        if set(sig_in) == set(names_in) and set(sig_out) == set(names_out):
+            names_in, names_out = sig_in, sig_out
+    return (
+        [(_spec(names_in[d["index"]], d), d["index"]) for d in inputs],
+        [(_spec(names_out[d["index"]], d), d["index"]) for d in outputs],
+        interpreter.get_tensor_details(),
+    )
+
+
+def _spec(name: str, details: dict) -> TensorSpec:
+    params = details.get("quantization_parameters") or {}
+    scales, zero_points = params.get("scales", ()), params.get("zero_points", ())
+    quantization = None
+    # Per-channel quantization (several scales) cannot be described by one scale/zero-point.
+    if len(scales) == 1 and scales[0] > 0:
+        quantization = Quantization(scale=float(scales[0]), zero_point=int(zero_points[0]))
+    # shape_signature keeps -1 for dynamic dims; "shape" has them resolved to the current size.
+    shape = details.get("shape_signature")
+    if shape is None or len(shape) != len(details["shape"]):
+        shape = details["shape"]
+    return make_spec(name, shape, details["dtype"], quantization)
+
+
+def _precision(interpreter: Any, inputs: list[TensorSpec], tensors: list[dict]) -> Precision:
+    input_dtypes = {s.dtype for s in inputs}
+    if input_dtypes & {"int8", "uint8"}:
+        return Precision.INT8
+    if "int16" in input_dtypes:
+        return Precision.INT16X8
+    dtypes = {np.dtype(t["dtype"]).name for t in tensors if len(t["quantization_parameters"]["scales"])}
+    if dtypes & {"int8", "uint8"}:
+        # QUANTIZE on the way in means activations are integer too; without it only the
+        # weights are (dynamic-range quantization). The op list is a private API, hence getattr.
+        ops = getattr(interpreter, "_get_ops_details", lambda: None)()
+        if ops is None or any(op["op_name"] == "QUANTIZE" for op in ops):
+            return Precision.INT8
+        return Precision.DYNAMIC_INT8
+    if any(np.dtype(t["dtype"]) == np.float16 for t in tensors):
+        return Precision.FP16
+    return Precision.FP32
