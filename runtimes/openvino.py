@@ -317,6 +317,12 @@ def _config(options: SessionOptions, device: str) -> dict[str, Any]:
         config["PERFORMANCE_HINT"] = hint
     if ro.threads and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = int(ro.threads)
+    if ro.inference_precision:
+        config["INFERENCE_PRECISION_HINT"] = ro.inference_precision
+    elif device == "CPU":
+        # The CPU plugin defaults to bf16 on CPUs with AMX/AVX512-BF16, which breaks fp32
+        # parity silently; a profile that wants bf16/f16 execution says so explicitly.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     if ro.cache_dir:
         config["CACHE_DIR"] = str(Path(ro.cache_dir).expanduser())
     return config

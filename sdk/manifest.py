@@ -54,6 +54,9 @@ class Preprocessing:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
+        # Callers may pass lists; store tuples so a manifest equals its JSON round trip.
+        for name in ("size", "mean", "std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be [height, width] with positive values, got {self.size}")
         if not 0.0 < self.crop_fraction <= 1.0:

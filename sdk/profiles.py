@@ -26,6 +26,7 @@ class RuntimeOptions:
     delegate_options: Mapping[str, str] = dataclasses.field(default_factory=dict)
     performance_hint: str | None = None  # OpenVINO: LATENCY | THROUGHPUT | CUMULATIVE_THROUGHPUT
     num_requests: int | None = None  # OpenVINO async infer requests
+    inference_precision: str | None = None  # OpenVINO INFERENCE_PRECISION_HINT: f32 | f16 | bf16
     cache_dir: str | None = None  # OpenVINO model cache
     execution_providers: tuple[str, ...] = ()  # ONNX Runtime, in order of preference
 
@@ -197,11 +198,19 @@ def _options(r: StrictReader) -> RuntimeOptions:
         delegate_options=r.optional("delegate_options", {}, lambda v: {str(k): str(x) for k, x in dict(v).items()}),
         performance_hint=r.optional("performance_hint", None, as_str),
         num_requests=r.optional("num_requests", None, as_int),
+        inference_precision=r.optional("inference_precision", None, _precision_hint),
         cache_dir=r.optional("cache_dir", None, as_str),
         execution_providers=r.optional("execution_providers", (), as_list(as_str)),
     )
     r.finish()
     return value
+
+
+def _precision_hint(value: Any) -> str:
+    text = as_str(value).lower()
+    if text not in ("f32", "f16", "bf16"):
+        raise ValueError(f"inference_precision must be f32, f16 or bf16, got {value!r}")
+    return text
 
 
 def _dataclass_from(r: StrictReader, cls: type) -> Any:

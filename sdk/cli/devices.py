@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "host": host_info(),
         "runtimes": {r.value: info for r, info in runtimes.items()},
-        "gpu_present": any(info.get("gpus") for info in runtimes.values()),
+        "gpu_present": _gpu_present(runtimes),
     }
 
     def text() -> str:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
                     "available": info["available"],
                     "version": info.get("version"),
                     "package": info.get("package"),
-                    "devices": ", ".join(map(str, info.get("devices", []))) or None,
+                    "devices": ", ".join(_device_text(d) for d in info.get("devices", [])) or None,
                     "note": None if info["available"] else f"pip install 'shelfedge[{info['extra']}]'",
                 }
             )
@@ -43,3 +43,19 @@ def run(args: argparse.Namespace) -> int:
 
     emit(args, payload, text)
     return 0
+
+
+def _device_text(device: object) -> str:
+    if isinstance(device, dict):
+        return f"{device.get('device')} ({device.get('full_name')})"
+    return str(device)
+
+
+def _gpu_present(runtimes: dict) -> bool:
+    """A GPU any runtime can use: TensorFlow sees one, ORT has CUDA/ROCm, OpenVINO lists GPU."""
+    for info in runtimes.values():
+        for device in info.get("devices", []):
+            name = device.get("device", "") if isinstance(device, dict) else str(device)
+            if "GPU" in name.upper() or name in ("CUDAExecutionProvider", "ROCMExecutionProvider"):
+                return True
+    return False

@@ -24,7 +24,8 @@ def test_cli_devices_succeeds_with_json_listing_every_backend(capsys) -> None:
     for runtime in ("litert", "openvino", "onnxruntime"):
         assert payload["runtimes"][runtime]["available"] is True
         assert payload["runtimes"][runtime]["version"]
-    assert "CPU" in payload["runtimes"]["openvino"]["devices"][0]
+    assert payload["runtimes"]["openvino"]["devices"][0]["device"] == "CPU"
+    assert "CPUExecutionProvider" in payload["runtimes"]["onnxruntime"]["devices"]
     assert isinstance(payload["gpu_present"], bool)
 
 
