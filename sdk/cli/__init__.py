@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter drowns the output of every command.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # tf2onnx and TensorFlow log deprecation warnings through Python logging on every export.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

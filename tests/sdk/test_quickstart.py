@@ -1,0 +1,28 @@
+"""The main job runs end to end (tiny settings) and its report says every runtime agrees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sdk import synthetic
+from sdk.cli import main
+
+
+def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(tmp_path: Path, capsys) -> None:
+    data = synthetic.generate(tmp_path / "data", train_per_class=8, val_per_class=3, size=64)
+    out = tmp_path / "out"
+    code = main(["quickstart", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 "--input-size", "32", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert printed["rows"] == report["rows"]
+    runtimes = {(row["bundle"], row["runtime"]) for row in report["rows"]}
+    assert runtimes == {("tflite", "litert"), ("openvino", "openvino"), ("onnx", "onnxruntime"),
+                        ("onnx", "openvino"), ("keras", "tensorflow")}
+    for row in report["rows"]:
+        assert row["top-1 agreement"] == 1.0
+        assert row["max |diff| vs ref"] <= 1e-4
+    assert "| tflite" in (out / "report.md").read_text()
+    assert report["data"]["origin"] == "given" and report["data"]["val"] == 18
