@@ -128,6 +128,9 @@ def _recalibrate_batchnorm(model: "keras.Model", x: np.ndarray, batch_size: int,
     batches from earlier, different weights); a few forward passes in training mode with
     no gradient step bring them in line, which the inference-mode model depends on.
     """
+    # Shuffled: split files list images class by class, and batch statistics of one
+    # class would drag the moving averages towards the last classes seen.
+    order = np.random.default_rng(0).permutation(len(x))
     for _ in range(passes):
         for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size], training=True)
+            model(x[order[start : start + batch_size]], training=True)

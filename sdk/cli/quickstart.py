@@ -26,7 +26,7 @@ from sdk.loading import load
 from sdk.tables import markdown_table
 from sdk.versions import host_info, tool_versions
 
-COLUMNS = ["bundle", "runtime", "device", "precision", "size MB", "max |diff| vs ref",
+COLUMNS = ["bundle", "runtime", "device", "precision", "size MB", "max abs diff vs ref",
            "top-1 agreement", "val top-1", "infer ms p50", "load ms"]
 
 
@@ -165,7 +165,7 @@ def _row(bundle: Bundle, runtime: Runtime, result: dict[str, Any], reference: di
         "device": result["device"],
         "precision": result["precision"],
         "size MB": round(bundle.size_bytes() / 1e6, 3),
-        "max |diff| vs ref": float(np.abs(logits - ref).max()),
+        "max abs diff vs ref": float(np.abs(logits - ref).max()),
         "top-1 agreement": float((logits.argmax(1) == ref.argmax(1)).mean()),
         "val top-1": float((logits.argmax(1) == labels).mean()),
         "infer ms p50": round(result["p50_ms"], 3),

@@ -23,6 +23,6 @@ def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(tmp_path: Path
                         ("onnx", "openvino"), ("keras", "tensorflow")}
     for row in report["rows"]:
         assert row["top-1 agreement"] == 1.0
-        assert row["max |diff| vs ref"] <= 1e-4
+        assert row["max abs diff vs ref"] <= 1e-4
     assert "| tflite" in (out / "report.md").read_text()
     assert report["data"]["origin"] == "given" and report["data"]["val"] == 18
