@@ -79,19 +79,27 @@ class Preprocessing:
 
     @classmethod
     def from_reader(cls, r: StrictReader) -> "Preprocessing":
-        value = cls(
-            size=r.required("size", _pair),
-            color_order=r.optional("color_order", ColorOrder.RGB, _enum(ColorOrder, "color_order")),
-            resize_mode=r.optional(
-                "resize_mode", ResizeMode.SHORTER_SIDE_CROP, _enum(ResizeMode, "resize_mode")
-            ),
-            crop_fraction=r.optional("crop_fraction", 0.875, as_float),
-            interpolation=r.optional(
-                "interpolation", Interpolation.BILINEAR, _enum(Interpolation, "interpolation")
-            ),
-            mean=r.optional("mean", (0.0, 0.0, 0.0), as_list(as_float)),
-            std=r.optional("std", (1.0, 1.0, 1.0), as_list(as_float)),
-        )
+        """Parse strictly.
+
+        Raises:
+            ManifestError: unknown/missing key or an impossible value (e.g. a std of 0).
+        """
+        try:
+            value = cls(
+                size=r.required("size", _pair),
+                color_order=r.optional("color_order", ColorOrder.RGB, _enum(ColorOrder, "color_order")),
+                resize_mode=r.optional(
+                    "resize_mode", ResizeMode.SHORTER_SIDE_CROP, _enum(ResizeMode, "resize_mode")
+                ),
+                crop_fraction=r.optional("crop_fraction", 0.875, as_float),
+                interpolation=r.optional(
+                    "interpolation", Interpolation.BILINEAR, _enum(Interpolation, "interpolation")
+                ),
+                mean=r.optional("mean", (0.0, 0.0, 0.0), as_list(as_float)),
+                std=r.optional("std", (1.0, 1.0, 1.0), as_list(as_float)),
+            )
+        except ValueError as e:
+            raise r.fail(str(e)) from e
         r.finish()
         return value
 

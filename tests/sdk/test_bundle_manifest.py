@@ -164,3 +164,10 @@ def test_manifest_fails_with_a_signature_before_signing_exists() -> None:
 def test_write_bundle_fails_with_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="cannot package 'model.tflite'"):
         write_bundle(tmp_path, _manifest())
+
+
+def test_manifest_fails_with_zero_std_in_preprocessing() -> None:
+    data = _manifest(files={"model.tflite": "a" * 64, "labels.txt": "b" * 64}).to_dict()
+    data["preprocessing"]["std"] = [0, 1, 1]
+    with pytest.raises(ManifestError, match=r"preprocessing: std must not contain 0"):
+        Manifest.from_dict(data)
