@@ -10,14 +10,15 @@ import dataclasses
 import datetime
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from converters.source import SourceModel
 from sdk.bundle import Bundle, write_bundle
 from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, OutputKind, Precision, Task
 from sdk.errors import ConfigError, ConversionError, InferenceError
-from sdk.manifest import MANIFEST_NAME, Manifest, Preprocessing, Provenance, Step
+from sdk.manifest import MANIFEST_NAME, KeptInFloat, Manifest, Preprocessing, Provenance, Step
 from sdk.runtime import describe_model
 from sdk.tensors import TensorSpec
 from sdk.versions import tool_versions
@@ -69,6 +70,8 @@ def package(
     steps: Sequence[Step],
     name: str,
     parent: str | None = None,
+    kept_in_float: Sequence[KeptInFloat] = (),
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
     move: bool = False,
     overwrite: bool = True,
 ) -> Bundle:
@@ -87,6 +90,8 @@ def package(
         steps: every step that led to ``model_file``, in order.
         name: the bundle's name.
         parent: the bundle this one was derived from (a quantized bundle's fp32 bundle).
+        kept_in_float: layers accuracy control left in higher precision, and why.
+        metrics: measured results to record, keyed by hardware profile id (or "host").
         move: move the model file(s) instead of copying (for files in a step's work dir).
         overwrite: replace an existing bundle at ``out_dir`` (never a directory that is not one).
 
@@ -135,6 +140,8 @@ def package(
             ),
             # write_bundle hashes every file named here; the values are placeholders.
             files={p.name: "" for p in sorted(staging.iterdir())},
+            kept_in_float=tuple(kept_in_float),
+            metrics=dict(metrics or {}),
         )
         write_bundle(staging, manifest)
         if out_dir.exists():
