@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from converters.source import SourceModel
-from converters.steps import METADATA_PREFIX, ExportStep, ModelMetadata, conversion_error
+from converters.steps import METADATA_PREFIX, ExportStep, ModelMetadata, conversion_error, no_telemetry
 from sdk.enums import ModelFormat, Precision
 
 MODEL_FILE = "model.xml"
@@ -41,7 +41,8 @@ def run(source: SourceModel, config: OpenVINOExportConfig, out_dir: Path) -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MODEL_FILE
     try:
-        model = ov.convert_model(str(source.saved_model_dir))
+        with no_telemetry():
+            model = ov.convert_model(str(source.saved_model_dir))
         # OpenVINO records the path it converted: a temporary work dir. Name the real source.
         if model.has_rt_info(["conversion_parameters", "input_model"]):
             model.set_rt_info(source.description, ["conversion_parameters", "input_model"])

@@ -10,20 +10,18 @@ drop fits. Every try is an ``Attempt``; what was kept and why becomes the manife
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from converters.calibration import CalibrationSet
-from converters.steps import config_record
+from converters.steps import config_record, no_telemetry  # noqa: F401 - re-exported
 from sdk.enums import Precision
 from sdk.errors import ConfigError, ConversionError
 from sdk.manifest import KeptInFloat, Step
@@ -106,24 +104,6 @@ class Candidate:
     kept: tuple[str, ...]
     description: str
     reasons: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def no_telemetry() -> Iterator[None]:
-    """Run OpenVINO / NNCF with their usage telemetry off.
-
-    Both send telemetry from background threads unless they think they run in CI; offline that
-    stalls the process for seconds. NNCF decides when it is first imported, so import it inside.
-    """
-    previous = os.environ.get("CI")
-    os.environ["CI"] = "true"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("CI", None)
-        else:
-            os.environ["CI"] = previous
 
 
 def require_calibration(calibration: CalibrationSet | None, where: str) -> CalibrationSet:

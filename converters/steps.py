@@ -8,12 +8,14 @@ refuse a request before any work starts; ``run_step`` times it and turns it into
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
+import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -272,3 +274,21 @@ def _first_lines(message: str, limit: int = 400) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     text = " ".join(lines[:4])
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """Run OpenVINO / NNCF with their usage telemetry off.
+
+    Both send telemetry from background threads unless they think they run in CI; offline that
+    stalls the process for seconds. NNCF decides when it is first imported, so import it inside.
+    """
+    previous = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = previous
