@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sdk.cli.export", "export a Keras model / SavedModel to LiteRT, OpenVINO and ONNX bundles"),
     "inspect": ("sdk.cli.inspect", "show and verify a bundle's manifest"),
     "classify": ("sdk.cli.classify", "classify images with a bundle on a runtime/device"),
+    "eval": ("sdk.cli.eval", "accuracy of bundles on a labelled image dataset, through sdk.load"),
     "quickstart": ("sdk.cli.quickstart", "the main job: train, export to every format, compare runtimes"),
 }
 
