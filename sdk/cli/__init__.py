@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("sdk.cli.inspect", "show and verify a bundle's manifest"),
     "classify": ("sdk.cli.classify", "classify images with a bundle on a runtime/device"),
     "eval": ("sdk.cli.eval", "accuracy of bundles on a labelled image dataset, through sdk.load"),
+    "reference": ("sdk.cli.reference", "save the server model's outputs (npz + input hashes) to compare elsewhere"),
+    "parity": ("sdk.cli.parity", "bundles on every runtime vs the server reference, tiered checks; exit 1 on failure"),
     "quickstart": ("sdk.cli.quickstart", "the main job: train, export to every format, compare runtimes"),
 }
 
