@@ -1,0 +1,102 @@
+"""The parity harness end to end: save a reference, compare in another process, catch a broken bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdk import synthetic
+from sdk.bundle import Bundle, write_bundle
+from sdk.cli import main
+from sdk.enums import ModelFormat
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import keras
+
+    from converters.export import export
+    from sdk.data import load_split
+    from sdk.manifest import Preprocessing
+
+    data = synthetic.generate(tmp_path_factory.mktemp("data"), train_per_class=2, val_per_class=3, size=40)
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(6, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    pre = Preprocessing(size=(SIZE, SIZE), mean=(127.5,) * 3, std=(127.5,) * 3)
+    bundles = export(model, out_dir=tmp_path_factory.mktemp("bundles"), formats=["keras", "tflite", "onnx"],
+                     name="tiny", labels=load_split(data, "train").class_names, preprocessing=pre)
+    return {"data": data, "bundles": bundles}
+
+
+def _parity(args: list[str]) -> tuple[int, dict]:
+    done = subprocess.run([sys.executable, "-m", "sdk", "parity", *args, "--json"], capture_output=True,
+                          text=True, timeout=300)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_parity_succeeds_with_saved_reference_compared_in_another_process(setup, tmp_path: Path, capsys) -> None:
+    bundles, data = setup["bundles"], setup["data"]
+    ref = tmp_path / "ref"
+    assert main(["reference", "--model", str(bundles[ModelFormat.KERAS].path), "--data", str(data),
+                 "--out", str(ref), "--json"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved["samples"] == 18 and saved["info"]["runtime"] == "tensorflow"
+    args = ["--bundle", str(bundles[ModelFormat.TFLITE].path), "--bundle", str(bundles[ModelFormat.ONNX].path),
+            "--reference", str(ref), "--data", str(data)]
+    code, report = _parity(args)
+    assert code == 0 and report["passed"] is True
+    runs = {(Path(r["bundle"]).name, r["runtime"]) for r in report["results"]}
+    assert ("tiny-onnx-fp32", "openvino") in runs and ("tiny-tflite-fp32", "litert") in runs
+    for result in report["results"]:
+        tiers = {c["tier"] for c in result["verdict"]["checks"]}
+        assert tiers == {"tensor", "output", "task"}
+        assert result["metrics"]["max_abs_diff"] <= 1e-4
+    # The same comparison in-process, from the Keras bundle directly: the same verdicts.
+    code2, direct = _parity([*args[:4], "--reference", str(bundles[ModelFormat.KERAS].path), "--data", str(data)])
+    assert code2 == 0
+    assert [r["verdict"]["passed"] for r in direct["results"]] == [r["verdict"]["passed"] for r in report["results"]]
+
+
+def test_parity_fails_with_wrong_mean_in_the_manifest(setup, tmp_path: Path) -> None:
+    bundles, data = setup["bundles"], setup["data"]
+    broken = tmp_path / "broken"
+    shutil.copytree(bundles[ModelFormat.TFLITE].path, broken)
+    manifest = Bundle.open(broken).manifest
+    wrong = manifest.with_changes(preprocessing=manifest.preprocessing.__class__(
+        **{**manifest.preprocessing.__dict__, "mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0)}))
+    write_bundle(broken, wrong)
+    code, report = _parity(["--bundle", str(broken), "--reference", str(bundles[ModelFormat.KERAS].path),
+                            "--data", str(data)])
+    assert code == 1 and report["passed"] is False
+    failed = report["results"][0]["verdict"]["failed"]
+    assert "max_abs_diff" in failed
+
+
+def test_parity_fails_with_inputs_not_matching_the_reference(setup, tmp_path: Path, capsys) -> None:
+    bundles, data = setup["bundles"], setup["data"]
+    ref = tmp_path / "ref"
+    main(["reference", "--model", str(bundles[ModelFormat.KERAS].path), "--data", str(data), "--out", str(ref)])
+    capsys.readouterr()
+    first = sorted((data / "val").rglob("*.jpg"))[0]
+    import cv2
+
+    image = cv2.imread(str(first))
+    other = tmp_path / "data"
+    shutil.copytree(data, other)
+    cv2.imwrite(str(other / first.relative_to(data)), 255 - image)
+    code = main(["parity", "--bundle", str(bundles[ModelFormat.TFLITE].path), "--reference", str(ref),
+                 "--data", str(other), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 2 and out["error"] == "ParityError" and "differs from the reference" in out["message"]
