@@ -62,6 +62,9 @@ def latency_distribution(
     low = min(min(d) for d in data if d) if data else 1.0
     if low > 0 and high / low > 30:
         ax.set_xscale("log")  # one slow runtime would squash every other box flat
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return _save(figure, path)
