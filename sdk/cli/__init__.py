@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from sdk.errors import ShelfedgeError
 
@@ -32,13 +32,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Where results go. While a command runs, sys.stdout points at stderr, so libraries that print
+# progress to stdout (NNCF's progress bars, tf2onnx) cannot corrupt the --json output.
+_results: list[TextIO] = []
+
+
 def emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) -> None:
-    """Print ``payload`` as JSON with --json, else the human ``text``."""
+    """Print ``payload`` as JSON with --json, else the human ``text``, on the real stdout."""
+    out = _results[-1] if _results else sys.stdout
     if getattr(args, "json", False):
-        json.dump(payload, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        json.dump(payload, out, indent=2, default=str)
+        out.write("\n")
     else:
-        print(text() if callable(text) else text)
+        out.write((text() if callable(text) else text) + "\n")
+    out.flush()
 
 
 def log(message: str) -> None:
@@ -70,17 +77,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
+    real_stdout = sys.stdout
+    _results.append(real_stdout)
+    sys.stdout = sys.stderr
     try:
         return int(args._run(args) or 0)
     except ShelfedgeError as e:
         if args.json:
-            json.dump({"error": type(e).__name__, "message": str(e)}, sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            json.dump({"error": type(e).__name__, "message": str(e)}, real_stdout, indent=2)
+            real_stdout.write("\n")
         print(f"shelfedge {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = real_stdout
+        _results.pop()
 
 
 if __name__ == "__main__":
