@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("sdk.cli.devices", "installed runtimes, versions, devices, GPU present or not"),
     "profiles": ("sdk.cli.profiles", "list hardware profiles or show one"),
     "export": ("sdk.cli.export", "export a Keras model / SavedModel to LiteRT, OpenVINO and ONNX bundles"),
+    "teacher": ("sdk.cli.teacher", "train or reuse the reference server model (EfficientNet-Lite fine-tuned on the Grocery photos)"),
+    "distill": ("sdk.cli.distill", "distil a smaller student from the teacher, with and without KD, and compare"),
     "convert": ("sdk.cli.convert", "quantize (and distil) a model for hardware profiles within an accuracy budget"),
     "inspect": ("sdk.cli.inspect", "show and verify a bundle's manifest"),
     "classify": ("sdk.cli.classify", "classify images with a bundle on a runtime/device"),
