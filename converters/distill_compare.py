@@ -89,7 +89,7 @@ def _row(model: str, s: ModelStats, agreement: float | None, cached: bool | None
         "val top-1": s.val_top1,
         "val top-5": s.val_top5,
         "agrees w/ teacher": agreement,
-        "train minutes": None if s.train_seconds is None else round(s.train_seconds / 60, 1),
+        "train minutes": None if s.train_seconds is None else f"{s.train_seconds / 60:.1f}",
         "cached": cached,
     }
 
