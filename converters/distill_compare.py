@@ -53,14 +53,18 @@ class Comparison:
             return "no baseline was run (--no-kd-baseline): nothing shows what KD adds"
         p = self.paired
         sign = "+" if p["delta_top1_pt"] >= 0 else ""
+        sign5 = "+" if p["delta_top5_pt"] >= 0 else ""
         text = (f"KD vs no KD: {sign}{p['delta_top1_pt']:.1f} pt val top-1 ({p['kd_only_correct']} photos right only "
                 f"with KD, {p['baseline_only_correct']} only without; exact McNemar p = {p['mcnemar_p']:.3f}, "
                 f"{self.val_images} photos)")
         if p["delta_top1_pt"] > 0 and p["mcnemar_p"] < 0.05:
-            return text + ": KD earns its place."
-        if p["delta_top1_pt"] > 0:
-            return text + ": KD is ahead, but not significantly on this val set."
-        return text + ": KD does not beat the baseline here."
+            text += ": KD earns its place in top-1."
+        elif p["delta_top1_pt"] > 0:
+            text += ": KD is ahead in top-1, but not significantly on this val set."
+        else:
+            text += ": KD does not beat the baseline in top-1 here."
+        return (text + f" Top-5: {sign5}{p['delta_top5_pt']:.1f} pt (McNemar p = {p['top5_mcnemar_p']:.3f}); "
+                f"val NLL {p['nll_kd']:.3f} with KD vs {p['nll_baseline']:.3f} without.")
 
     def to_dict(self) -> dict[str, Any]:
         def result(r: DistillResult | None) -> dict[str, Any] | None:
@@ -103,6 +107,31 @@ def mcnemar_exact(kd_only: int, baseline_only: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+def paired_stats(kd_logits: np.ndarray, base_logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """KD vs baseline on the same photos: top-1 and top-5 differences with exact McNemar tests, and val NLL."""
+    stats: dict[str, Any] = {}
+    for k, prefix in ((1, ""), (5, "top5_")):
+        kd_right, base_right = _in_top_k(kd_logits, labels, k), _in_top_k(base_logits, labels, k)
+        kd_only, base_only = int((kd_right & ~base_right).sum()), int((base_right & ~kd_right).sum())
+        stats |= {f"delta_top{k}_pt": round(float(100.0 * (kd_right.mean() - base_right.mean())), 2),
+                  f"{prefix}kd_only_correct": kd_only, f"{prefix}baseline_only_correct": base_only,
+                  f"{prefix}mcnemar_p": round(mcnemar_exact(kd_only, base_only), 4)}
+    # Negative log-likelihood: soft targets are expected to show in calibration before top-1.
+    stats |= {"nll_kd": round(_nll(kd_logits, labels), 4), "nll_baseline": round(_nll(base_logits, labels), 4)}
+    return stats
+
+
+def _in_top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    top = np.argsort(-logits, axis=1, kind="stable")[:, : min(k, logits.shape[1])]
+    return (top == labels[:, None]).any(axis=1)
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
 def compare(teacher_bundle: str | Path, data_root: str | Path, out_dir: str | Path,
             config: DistillConfig = DistillConfig(), *, baseline: bool = True, log: Log = print,
             force: bool = False) -> Comparison:
@@ -118,14 +147,7 @@ def compare(teacher_bundle: str | Path, data_root: str | Path, out_dir: str | Pa
     if baseline:
         base = distill(teacher_bundle, data_root, out, dataclasses.replace(config, kd=False), log, force=force)
     labels = np.asarray(load_split(data_root, "val").labels)
-    paired = None
-    if base is not None:
-        kd_right = kd.val_logits().argmax(1) == labels
-        base_right = base.val_logits().argmax(1) == labels
-        kd_only, base_only = int((kd_right & ~base_right).sum()), int((base_right & ~kd_right).sum())
-        paired = {"delta_top1_pt": round(100.0 * (kd_right.mean() - base_right.mean()), 2),
-                  "kd_only_correct": kd_only, "baseline_only_correct": base_only,
-                  "mcnemar_p": round(mcnemar_exact(kd_only, base_only), 4)}
+    paired = None if base is None else paired_stats(kd.val_logits(), base.val_logits(), labels)
     comparison = Comparison(teacher=kd.teacher, kd=kd, baseline=base, paired=paired, val_images=len(labels))
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_JSON).write_text(json.dumps(comparison.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs of the student's top")
     parser.add_argument("--views", type=int, help="cached augmented views per training photo")
     parser.add_argument("--temperature", type=float, help="KD temperature (default 4)")
-    parser.add_argument("--alpha", type=float, help="weight of the KD term vs the hard labels (default 0.7)")
+    parser.add_argument("--alpha", type=float, help="weight of the KD term vs the hard labels (default 0.9)")
     parser.add_argument("--force", action="store_true", help="train again even if matching students are cached")
     parser.epilog = ("example: shelfedge distill --teacher out/teacher/bundles/teacher-keras-fp32 "
                      "--data ../shared/data/grocery --out out/distill")

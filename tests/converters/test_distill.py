@@ -15,7 +15,7 @@ pytest.importorskip("keras")
 
 from converters import distill as distill_module  # noqa: E402  (after the skip)
 from converters.distill import DistillConfig, distill_for_convert, parse_student_spec  # noqa: E402
-from converters.distill_compare import compare, mcnemar_exact  # noqa: E402
+from converters.distill_compare import compare, mcnemar_exact, paired_stats  # noqa: E402
 from converters.distill_data import count_macs  # noqa: E402
 from converters.distill_train import distillation_loss, train_loop  # noqa: E402
 from converters.teacher_data import augment, input_spec  # noqa: E402
@@ -148,7 +148,8 @@ def test_compare_succeeds_with_tiny_teacher_and_both_students(compared, teacher:
         assert (report["teacher_logits"] is not None) is kd
     assert comparison.baseline.config.alpha == 0.0  # normalised: the baseline does not depend on KD settings
     saved = json.loads((out / "comparison.json").read_text())
-    assert set(saved["kd_vs_baseline"]) == {"delta_top1_pt", "kd_only_correct", "baseline_only_correct", "mcnemar_p"}
+    assert {"delta_top1_pt", "kd_only_correct", "baseline_only_correct", "mcnemar_p", "delta_top5_pt",
+            "top5_mcnemar_p", "nll_kd", "nll_baseline"} <= set(saved["kd_vs_baseline"])
     assert "KD vs no KD" in (out / "comparison.md").read_text()
     # The baseline reuses the KD student's cached features.
     assert any("student train: reused 2 cached view(s)" in line for line in lines)
@@ -227,3 +228,16 @@ def test_mcnemar_exact_succeeds_with_known_values() -> None:
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(5, 5) == 1.0
     assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+
+
+def test_paired_stats_succeed_with_hand_counted_photos() -> None:
+    labels = np.array([0, 1, 2, 0])
+    kd = np.eye(6)[[0, 1, 2, 3]] * 5.0  # right on the first three
+    base = np.eye(6)[[0, 4, 5, 0]] * 5.0  # right on the first and the last
+
+    stats = paired_stats(kd, base, labels)
+
+    assert stats["delta_top1_pt"] == 25.0
+    assert (stats["kd_only_correct"], stats["baseline_only_correct"]) == (2, 1)
+    assert stats["mcnemar_p"] == pytest.approx(1.0)
+    assert stats["nll_kd"] < stats["nll_baseline"]
