@@ -17,7 +17,7 @@ from converters.convert_plan import ConvertPlan
 from converters.package import bundle_dir_name, package
 from converters.source import SourceModel
 from sdk.bundle import Bundle, sha256_file
-from sdk.enums import ModelFormat, Precision
+from sdk.enums import Device, ModelFormat, Precision
 from sdk.errors import ConfigError
 from sdk.manifest import MANIFEST_NAME, KeptInFloat, Step
 
@@ -151,10 +151,12 @@ def _openvino_fp16(ctx: BuildContext, precision: Precision) -> tuple[Path, list[
 
 
 def _openvino_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
+    # CPUs may lack VNNI (int16 saturation): 7-bit weights everywhere; GPU/NPU keep NNCF's default.
+    overflow_fix = "enable" if ctx.plan.profile.device is Device.CPU else "first_layer_only"
     result = quantize_openvino.quantize_with_budget(
         ctx.fp32.model_path, qc.require_calibration(ctx.calibration, "quantize_openvino"), ctx.eval_fn,
         ctx.fp32_accuracy, max_drop=ctx.max_drop_pt, out_dir=ctx.work_dir, max_ignored=ctx.max_ignored,
-        log=ctx.log,
+        config=quantize_openvino.OpenVINOQuantConfig(overflow_fix=overflow_fix), log=ctx.log,
     )
     return result.model_path, list(result.kept_in_float), result.step, _root_from_bundle(ctx.fp32)
 

@@ -32,6 +32,7 @@ TOOLS = ("openvino", "nncf")
 MODEL_FILE = "model.xml"
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = (None, "transformer")
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 # Ops whose weights NNCF quantizes (weightless quantized ops are ranked too).
 LAYER_TYPES = frozenset({"Convolution", "GroupConvolution", "MatMul"})
 # Layout-only ops NNCF may place between a FakeQuantize and the layer it feeds.
@@ -53,6 +54,12 @@ class OpenVINOQuantConfig:
         ignored_scope: layer (friendly) names NNCF must leave in float.
         fast_bias_correction: NNCF's fast bias correction (False: the slower full one).
         model_type: None, or ``transformer`` for NNCF's transformer-specific patterns.
+        overflow_fix: NNCF's overflow fix: ``enable`` stores int8 weights in 7 bits everywhere so
+            that CPUs without VNNI (AVX2: ``vpmaddubsw`` saturates its int16 sums) compute the
+            same answers as VNNI/AMX CPUs; ``first_layer_only`` (NNCF's default) and ``disable``
+            are for VNNI-only or GPU/NPU targets. Measured on an AVX2 AMD EPYC, the Grocery
+            EfficientNet-Lite0 teacher: 0.811 val top-1 with ``first_layer_only`` vs 0.855 with
+            ``enable`` (fp32 0.838).
     """
 
     precision: Precision = Precision.INT8
@@ -61,6 +68,7 @@ class OpenVINOQuantConfig:
     ignored_scope: tuple[str, ...] = ()
     fast_bias_correction: bool = True
     model_type: str | None = None
+    overflow_fix: str = "enable"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignored_scope", tuple(self.ignored_scope))
@@ -75,6 +83,8 @@ class OpenVINOQuantConfig:
             raise ConfigError(f"{where}.ignored_scope must be layer names (strings), got {self.ignored_scope!r}")
         if self.model_type not in MODEL_TYPES:
             raise ConfigError(f"{where}.model_type must be None or 'transformer', got {self.model_type!r}")
+        if self.overflow_fix not in OVERFLOW_FIXES:
+            raise ConfigError(f"{where}.overflow_fix must be one of {OVERFLOW_FIXES}, got {self.overflow_fix!r}")
 
 
 def run(
@@ -332,6 +342,7 @@ def _nncf_quantize(model: Any, config: OpenVINOQuantConfig, calibration: Calibra
         return nncf.quantize(
             model,
             nncf.Dataset(list(calibration.batches(1))),
+            advanced_parameters=_advanced(config),
             **_nncf_options(nncf, config, calibration),
         )
     except Exception as e:  # noqa: BLE001 - NNCF raises its own types, RuntimeError, ValueError...
@@ -346,6 +357,15 @@ def _nncf_options(nncf: Any, config: OpenVINOQuantConfig, calibration: Calibrati
         "model_type": nncf.ModelType(config.model_type) if config.model_type else None,
         "ignored_scope": nncf.IgnoredScope(names=list(config.ignored_scope)) if config.ignored_scope else None,
     }
+
+
+def _advanced(config: OpenVINOQuantConfig) -> Any:
+    """NNCF's advanced parameters; None (NNCF's own defaults) unless the overflow fix differs from them."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    if config.overflow_fix == "first_layer_only":
+        return None
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix(config.overflow_fix))
 
 
 def _accuracy_control(
@@ -384,6 +404,7 @@ def _accuracy_control(
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                 max_num_iterations=max(1, max_ignored), num_ranking_workers=1
             ),
+            advanced_quantization_parameters=_advanced(config),
             **_nncf_options(nncf, config, calibration),
         )
         _restore_metadata(quantized, metadata)

@@ -123,6 +123,23 @@ def test_run_succeeds_with_int8_fake_quantize_close_to_fp32(setup: Setup, int8_i
     assert path.with_suffix(".bin").stat().st_size < 0.5 * setup.fp32_bundle.model_path.with_suffix(".bin").stat().st_size
 
 
+def _7_bit_weights(path: Path) -> tuple[int, int]:
+    """(int8 weight tensors within 7 bits, all int8 weight tensors)."""
+    values = [op.get_data() for op in _ops(path) if op.get_type_name() == "Constant"
+              and op.get_element_type().get_type_name() == "i8"]
+    return sum(int(v.min()) >= -64 and int(v.max()) <= 63 for v in values), len(values)
+
+
+def test_overflow_fix_succeeds_with_7_bit_weights_only_where_asked(setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path) -> None:
+    # The default (enable) stores weights in 7 bits where NNCF sees the u8 x s8 overflow risk,
+    # so AVX2 CPUs without VNNI do not saturate; disable keeps the full 8 bits everywhere.
+    fixed, total = _7_bit_weights(int8_ir[0])
+    path, _ = qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(subset_size=32, overflow_fix="disable"),
+                      tmp_path, setup.calibration)
+    assert _7_bit_weights(path) == (0, total)
+    assert fixed >= 1
+
+
 def test_run_succeeds_with_fp16_weights_half_the_size(setup: Setup, tmp_path: Path) -> None:
     path, kept = qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(precision=Precision.FP16), tmp_path, None)
     weights = [op for op in _ops(path) if op.get_type_name() == "Constant" and op.get_element_type().is_real()]
@@ -218,10 +235,11 @@ def test_budget_succeeds_with_nncf_accuracy_control_keeping_layers(setup: Setup,
     # narrow for the validation images, so plain PTQ clips and misses a 10 pt budget.
     tensors = _smooth_images(32, seed=5)
     tensors[:8] *= 0.3
+    # (first_layer_only: the clipping scenario below was measured with NNCF's default weights)
     eval_fn = qc.top1_eval(setup.val, setup.fp32_val.argmax(-1), qov.predictor)
     result = qov.quantize_with_budget(
         setup.fp32_bundle.model_path, from_arrays(tensors), eval_fn, 1.0, max_drop=10.0, out_dir=tmp_path,
-        config=qov.OpenVINOQuantConfig(subset_size=8),
+        config=qov.OpenVINOQuantConfig(subset_size=8, overflow_fix="first_layer_only"),
     )
     plain, control = result.attempts[:2]
     assert plain.drop > 10.0 and not plain.met_budget
@@ -263,6 +281,8 @@ def test_run_fails_with_missing_calibration_or_bad_config(setup: Setup, tmp_path
         qov.OpenVINOQuantConfig(preset="fastest")
     with pytest.raises(ConfigError, match="precision"):
         qov.OpenVINOQuantConfig(precision=Precision.INT16X8)
+    with pytest.raises(ConfigError, match="overflow_fix"):
+        qov.OpenVINOQuantConfig(overflow_fix="always")
     with pytest.raises(ConfigError, match="max_drop"):
         qov.quantize_with_budget(setup.fp32_bundle.model_path, setup.calibration, lambda p: 1.0, 1.0, max_drop=101, out_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match="fp32_accuracy"):
