@@ -13,7 +13,7 @@ import numpy as np
 from converters import distill_data as dd
 from converters.distill_train import build_student, fine_tune, train_probe
 from converters.teacher_data import Log, cache_key, decode_all, extract_features, format_seconds
-from converters.teacher_train import cut_layer, inference_fn, predict, recalibrate_batchnorm, split, topk_accuracy
+from converters.teacher_train import STAGES, cut_layer, inference_fn, predict, recalibrate_batchnorm, split, topk_accuracy
 from sdk.errors import ConfigError
 from sdk.versions import host_info, tool_versions
 
@@ -59,7 +59,7 @@ def run(teacher: dd.Teacher, train: ImageDataset, val: ImageDataset, student_dir
     log(f"[distill] {config.name}: EfficientNet-{config.variant} at {config.input_size}px on {targets}, "
         f"top {config.train_stages} stage(s) trained on {config.views} cached view(s) of {len(train)} photos")
     student = timed("build", lambda: build_student(config, classes))
-    cut = cut_layer(config.variant, config.train_stages)
+    cut = cut_layer(config.variant, config.train_stages, config.drop_blocks)
     base, top = split(student, cut, config.bn_mode)
     train_images = timed("decode", lambda: decode_all(train.paths, log, "train"))
     val_images = decode_all(val.paths, log, "val")
@@ -76,9 +76,12 @@ def run(teacher: dd.Teacher, train: ImageDataset, val: ImageDataset, student_dir
     feature_shape = tuple(int(d) for d in base.output_shape[1:])
     # Everything that decides the student's frozen features, and nothing else: the KD student
     # and its baseline (and runs with other training settings) share them.
-    key = cache_key({"variant": config.variant, "size": config.input_size, "cut": cut, "pretrained": config.pretrained,
-                     "seed": config.seed, "augment": dataclasses.asdict(config.augment), "data": data_sha,
-                     "preprocessing": pre.to_dict()})
+    parts = {"variant": config.variant, "size": config.input_size, "cut": cut, "pretrained": config.pretrained,
+             "seed": config.seed, "augment": dataclasses.asdict(config.augment), "data": data_sha,
+             "preprocessing": pre.to_dict()}
+    # Blocks dropped from the trained top leave the frozen features as they are (and the cache shared).
+    frozen_drops = sorted(b for b in config.drop_blocks if int(b[len("block")]) <= STAGES - config.train_stages)
+    key = cache_key(parts | ({"frozen_drops": frozen_drops} if frozen_drops else {}))
     base_fn = inference_fn(base)
 
     def features(split_name: str, images: list[np.ndarray], views: int) -> np.ndarray:

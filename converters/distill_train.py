@@ -92,12 +92,13 @@ def build_student(config: DistillConfig, num_classes: int) -> keras.Model:
     keras.utils.set_random_seed(config.seed)
     model = build_efficientnet_lite(
         config.variant, num_classes=num_classes, input_size=config.input_size, dropout=config.dropout,
-        drop_connect_rate=config.drop_connect_rate, name=f"student_{config.variant}_{config.input_size}",
+        drop_connect_rate=config.drop_connect_rate, drop_blocks=config.drop_blocks,
+        name=f"student_{config.variant}_{config.input_size}",
     )
     if config.pretrained:
         from converters.models.torch_weights import load_pretrained_weights
 
-        load_pretrained_weights(model, config.variant, classifier=False)
+        load_pretrained_weights(model, config.variant, classifier=False, drop_blocks=config.drop_blocks)
     # A zero classifier starts at the uniform prediction instead of large random logits on
     # pretrained features (the same reasoning as the teacher's).
     for variable in model.get_layer("logits").weights:

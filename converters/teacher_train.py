@@ -27,11 +27,12 @@ STAGES = 7  # MBConv stages of every EfficientNet-Lite
 _EVAL_BATCH = 64
 
 
-def cut_layer(variant: str, train_stages: int) -> str:
+def cut_layer(variant: str, train_stages: int, drop_blocks: Sequence[str] = ()) -> str:
     """Name of the last frozen layer: the output of stage ``7 - train_stages`` (or the stem).
 
     A stage boundary is always a clean cut: the first block of a stage changes the channel
-    count, so it has no skip connection reaching back into the frozen part.
+    count, so it has no skip connection reaching back into the frozen part. ``drop_blocks``
+    (left out of the model) are skipped when finding the stage's last block.
 
     Raises:
         ConfigError: ``train_stages`` is not in 0..7, or the variant is unknown.
@@ -41,7 +42,8 @@ def cut_layer(variant: str, train_stages: int) -> str:
     frozen_stages = STAGES - train_stages
     if frozen_stages == 0:
         return "stem_activation"
-    last = [b for b in block_specs(variant) if b.name.startswith(f"block{frozen_stages}")][-1]
+    last = [b for b in block_specs(variant)
+            if b.name.startswith(f"block{frozen_stages}") and b.name not in drop_blocks][-1]
     return f"{last.name}_add" if last.has_skip else f"{last.name}_project_bn"
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import string
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -168,6 +169,25 @@ def block_specs(variant: str) -> tuple[BlockSpec, ...]:
     return tuple(blocks)
 
 
+def check_droppable(variant: str, drop_blocks: Sequence[str]) -> frozenset[str]:
+    """The names in ``drop_blocks``, checked: blocks of ``variant`` with an identity skip.
+
+    Raises:
+        ConfigError: a name is not a block of the variant, or the block changes shape (no skip).
+    """
+    blocks = {b.name: b for b in block_specs(variant)}
+    for name in drop_blocks:
+        block = blocks.get(name)
+        if block is None:
+            raise ConfigError(f"drop_blocks: {name!r} is not a block of EfficientNet-{variant}; "
+                              f"residual blocks are {', '.join(b.name for b in blocks.values() if b.has_skip)}")
+        if not block.has_skip:
+            raise ConfigError(f"drop_blocks: {name!r} changes the shape (stride {block.stride}, "
+                              f"{block.filters_in} -> {block.filters_out} channels), so it has no identity skip "
+                              "and cannot be left out; drop a later block of the same stage")
+    return frozenset(drop_blocks)
+
+
 def preprocessing_for(variant: str) -> dict[str, Any]:
     """How a camera frame becomes this variant's input, in the bundle manifest's ``preprocessing`` form.
 
@@ -197,6 +217,7 @@ def build_efficientnet_lite(
     include_top: bool = True,
     dropout: float | None = None,
     drop_connect_rate: float = 0.2,
+    drop_blocks: Sequence[str] = (),
     name: str | None = None,
 ) -> keras.Model:
     """Build an (untrained) EfficientNet-Lite as a Keras functional model.
@@ -213,6 +234,10 @@ def build_efficientnet_lite(
         dropout: dropout rate before the classifier; defaults to the variant's (0.2 / 0.2 / 0.3).
         drop_connect_rate: stochastic-depth rate of the last block (scaled linearly from 0 over the
             blocks, as in the official model); training only.
+        drop_blocks: residual blocks to leave out (depth pruning for a smaller student, e.g.
+            ``("block6c", "block6d")``). Only a block with an identity skip can go: without it
+            the block is the identity, which is what stochastic depth trained the network to
+            tolerate. Load the weights with the same ``drop_blocks``.
         name: model name; defaults to ``efficientnet_<variant>``.
 
     Returns:
@@ -243,8 +268,10 @@ def build_efficientnet_lite(
     x = layers.ReLU(6.0, name="stem_activation")(x)
 
     blocks = block_specs(variant)
+    dropped = check_droppable(variant, drop_blocks)
     for block in blocks:
-        x = _mbconv(x, block, drop_rate=drop_connect_rate * block.index / len(blocks))
+        if block.name not in dropped:
+            x = _mbconv(x, block, drop_rate=drop_connect_rate * block.index / len(blocks))
 
     x = layers.Conv2D(
         HEAD_FILTERS, 1, padding="same", use_bias=False, kernel_initializer=_CONV_INIT, name="head_conv"

@@ -8,14 +8,14 @@ converted from Google's official TensorFlow checkpoints). PyTorch is needed only
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from converters.models.efficientnet_lite import block_specs, get_variant
+from converters.models.efficientnet_lite import block_specs, check_droppable, get_variant
 from sdk.errors import BackendUnavailableError, ConversionError
 
 # Install hint used in every "missing dependency" message.
@@ -147,6 +147,7 @@ def load_pretrained_weights(
     *,
     classifier: bool | None = None,
     state_dict: dict[str, np.ndarray] | None = None,
+    drop_blocks: Sequence[str] = (),
 ) -> None:
     """Copy the ImageNet weights of ``variant`` into a model from ``build_efficientnet_lite``.
 
@@ -161,6 +162,8 @@ def load_pretrained_weights(
             initialised (for fine-tuning on new classes); ``True`` requires it; ``False`` skips it.
         state_dict: an already loaded state dict (from :func:`load_state_dict`), to avoid reading
             the file twice; read from the weight package when omitted.
+        drop_blocks: the blocks the model was built without (``build_efficientnet_lite``'s
+            ``drop_blocks``); their tensors are the only ones allowed to go unused.
 
     Raises:
         ConfigError: ``variant`` is not supported.
@@ -168,6 +171,8 @@ def load_pretrained_weights(
         ConversionError: the model and the weights do not correspond one to one.
     """
     sources = layer_sources(variant)
+    dropped = check_droppable(variant, drop_blocks)
+    skipped = tuple(f"{module}." for layer, (module, _) in sources.items() if layer.split("_", 1)[0] in dropped)
     tensors = load_state_dict(variant) if state_dict is None else state_dict
     load_classifier = _wants_classifier(model, classifier, tensors)
 
@@ -201,7 +206,8 @@ def load_pretrained_weights(
 
     unused = sorted(
         key for key in tensors
-        if key not in used and (load_classifier or not key.startswith(f"{_CLASSIFIER_MODULE}."))
+        if key not in used and not key.startswith(skipped)
+        and (load_classifier or not key.startswith(f"{_CLASSIFIER_MODULE}."))
     )
     if missing or conflicts or unused:
         raise ConversionError(

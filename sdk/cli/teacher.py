@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +77,3 @@ def run(args: argparse.Namespace) -> int:
     emit(args, payload, text)
     return 0
 
-
-if __name__ == "__main__":
-    # Until "teacher" is listed in sdk.cli.COMMANDS: python3 -m sdk.cli.teacher --data ... --out ...
-    from sdk import cli
-
-    cli.COMMANDS.setdefault("teacher", ("sdk.cli.teacher", HELP))
-    sys.exit(cli.main(["teacher", *sys.argv[1:]]))

