@@ -27,7 +27,7 @@ from converters.convert_variants import make_candidates
 from converters.export import export
 from converters.package import bundle_dir_name
 from converters.source import load_source
-from sdk.bundle import Bundle, write_bundle
+from sdk.bundle import Bundle, sha256_file, write_bundle
 from sdk.data import ImageDataset, load_split
 from sdk.enums import RUNTIMES_FOR_FORMAT, ModelFormat, Precision, Task
 from sdk.errors import ConfigError
@@ -37,6 +37,7 @@ from sdk.tables import markdown_table
 from sdk.versions import host_info, tool_versions
 
 REPORT_SCHEMA_VERSION = 1
+QAT_MODES = ("auto", "always", "off")
 COLUMNS = ["variant", "format", "precision", "size MB", "val top-1", "drop pt", "agreement",
            "kept in float", "meets budget", "chosen"]
 
@@ -49,6 +50,16 @@ class ConvertConfig:
     max_ignored: int = 8
     eval_limit: int = 0  # 0: the whole val split
     seed: int = 0
+    # Quantization-aware fine-tuning (converters.qat) of the Keras source, then PTQ again:
+    # "auto" as the last resort when an int8 candidate misses the budget, "always" as an extra
+    # int8 candidate, "off" never.
+    qat: str = "auto"
+    qat_epochs: int = 2
+    qat_per_class: int = 20
+
+    def __post_init__(self) -> None:
+        if self.qat not in QAT_MODES:
+            raise ConfigError(f"ConvertConfig.qat must be one of {QAT_MODES}, got {self.qat!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -220,6 +231,14 @@ def convert(
             evaluation = _verify(bundle, val, plan, log)
             variants.append(_variant(bundle, candidate.precision, evaluation, fp32, plan, time.perf_counter() - t))
             steps.append({"step": candidate.label, "seconds": round(time.perf_counter() - t, 1)})
+        if _wants_qat(config, plan, variants):
+            t = time.perf_counter()
+            qat_bundle = _qat_candidate(source, plan, fp32_bundle, train, Path(work) / "qat", variants_dir,
+                                        calibration, eval_fn, fp32.top1, config, log)
+            if qat_bundle is not None:
+                evaluation = _verify(qat_bundle, val, plan, log)
+                variants.append(_variant(qat_bundle, Precision.INT8, evaluation, fp32, plan, time.perf_counter() - t))
+                steps.append({"step": f"{plan.format.value}-int8-qat", "seconds": round(time.perf_counter() - t, 1)})
 
     chosen_variant = _choose(variants, plan)
     variants = [dataclasses.replace(v, chosen=v is chosen_variant) for v in variants]
@@ -269,13 +288,64 @@ def _variant(bundle: Bundle, precision: Precision, evaluation: Evaluation, fp32:
 
 
 def _choose(variants: Sequence[Variant], plan: ConvertPlan) -> Variant:
-    """The first variant, in the profile's order of preference, within the budget (fp32 always is)."""
-    by_precision = {v.precision: v for v in variants}
+    """The first variant, in the profile's order of preference, within the budget (fp32 always is).
+
+    Within one precision (int8 by PTQ, int8 after QAT) the first that meets the budget wins.
+    """
     for precision in plan.precisions:
-        variant = by_precision.get(precision)
-        if variant is not None and variant.meets_budget:
-            return variant
-    return by_precision[Precision.FP32]
+        for variant in variants:
+            if variant.precision is precision and variant.meets_budget:
+                return variant
+    return next(v for v in variants if v.precision is Precision.FP32)
+
+
+def _wants_qat(config: ConvertConfig, plan: ConvertPlan, variants: Sequence[Variant]) -> bool:
+    if config.qat == "off" or Precision.INT8 not in plan.precisions:
+        return False
+    return config.qat == "always" or any(v.precision is Precision.INT8 and not v.meets_budget for v in variants)
+
+
+def _qat_candidate(source: ModelSource, plan: ConvertPlan, fp32_bundle: Bundle, train: ImageDataset, work: Path,
+                   variants_dir: Path, calibration: Any, eval_fn: qc.EvalFn, fp32_accuracy: float,
+                   config: ConvertConfig, log: Callable[[str], None]) -> Bundle | None:
+    """Fine-tune the Keras source with fake-quantized weights, export it, quantize it under the same budget."""
+    from converters import qat
+    from sdk.enums import Device
+    from sdk.manifest import Step
+
+    model_path = Path(source.model) if isinstance(source.model, (str, Path)) else None
+    if model_path is None or model_path.suffix != ".keras":
+        log("[qat] skipped: quantization-aware fine-tuning needs a .keras source model")
+        return None
+    # OpenVINO on CPU keeps weights in 7 bits (NNCF overflow fix): train for those.
+    bits = 7 if plan.format is ModelFormat.OPENVINO and plan.profile.device is Device.CPU else 8
+    qat_config = qat.QATConfig(epochs=config.qat_epochs, per_class=config.qat_per_class, weight_bits=bits,
+                               seed=config.seed)
+    subset = train.balanced(qat_config.per_class, seed=config.seed)
+    why = "asked for (qat=always)" if config.qat == "always" else f"int8 missed the {plan.max_drop_pt} pt budget after PTQ"
+    log(f"[qat] {why}: quantization-aware fine-tuning on {len(subset)} training photos, {qat_config.epochs} epoch(s)")
+    tensors = preprocess_dataset(fp32_bundle, subset).astype(np.float32, copy=False)
+    result = qat.fine_tune(model_path, tensors, np.asarray(subset.labels), work / "model.keras", qat_config,
+                           log=lambda m: log(f"  {m}"))
+    step = Step(name=qat.STEP_NAME,
+                config={**dataclasses.asdict(qat_config), **result.record(), "data": f"{subset.root}:{subset.split}",
+                        "images": len(subset), "source_sha256": sha256_file(model_path)},
+                tool_versions=tool_versions(), seconds=round(result.seconds, 3))
+    name = f"{source.name}-qat"
+    exported = export(result.model_path, out_dir=work / "fp32", formats=[plan.format], name=name,
+                      labels=source.labels, preprocessing=source.preprocessing,
+                      progress=lambda m: log(f"  [export] {m}"))[plan.format]
+    p = exported.manifest.provenance
+    exported = write_bundle(exported.path, exported.manifest.with_changes(
+        provenance=dataclasses.replace(p, parent=fp32_bundle.path.name, steps=(step, *p.steps))))
+    keras_source = None
+    if plan.format is ModelFormat.TFLITE:
+        loaded = load_source(result.model_path, work / "source")
+        keras_source = dataclasses.replace(loaded, steps=(step, *loaded.steps))
+    candidate = next(c for c in make_candidates(plan, exported, keras_source) if c.precision is Precision.INT8)
+    return candidate.build(work_dir=work / "int8", out_dir=variants_dir, calibration=calibration, eval_fn=eval_fn,
+                           fp32_accuracy=fp32_accuracy, max_drop_pt=plan.max_drop_pt,
+                           max_ignored=config.max_ignored, log=lambda m: log(f"  {m}"))
 
 
 def _publish(variant: Variant, plan: ConvertPlan, target: Path) -> Bundle:

@@ -15,7 +15,8 @@ from sdk.tables import markdown_table
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="a Keras reference bundle directory (e.g. the teacher's), or the student "
-                             "architecture to distil with --distill-from (efficientnet_lite0)")
+                             "architecture to distil with --distill-from (efficientnet_lite0, or efficientnet_lite0@160 for a "
+                             "160-pixel student)")
     parser.add_argument("--profile", required=True, help="hardware profile id(s), comma-separated")
     parser.add_argument("--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)")
     parser.add_argument("--out", default="out/convert", help="output directory (default out/convert)")
@@ -26,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibration images per class, drawn class-balanced from train (default 3)")
     parser.add_argument("--eval-limit", type=int, default=0,
                         help="verify on a class-balanced subset of about N val images (0: all)")
-    parser.epilog = ("example: shelfedge convert --model efficientnet_lite0 --distill-from out/teacher/bundles/"
+    parser.add_argument("--qat", choices=("auto", "always", "off"), default="auto",
+                        help="quantization-aware fine-tuning: auto = the last resort when int8 misses the budget "
+                             "after PTQ (default), always = an extra int8 candidate, off = never")
+    parser.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware fine-tuning epochs (default 2)")
+    parser.epilog = ("example: shelfedge convert --model efficientnet_lite0@160 --distill-from out/teacher/bundles/"
                      "teacher-keras-fp32 --profile x86-kiosk-cpu,android-arm64 --data ../shared/data/grocery")
 
 
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if not profiles:
         raise ConfigError("--profile needs at least one profile id")
     plans = [plan(p, args.budget) for p in profiles]  # every plan is checked before any work
-    config = ConvertConfig(calibration_per_class=args.calibration_per_class, eval_limit=args.eval_limit)
+    config = ConvertConfig(calibration_per_class=args.calibration_per_class, eval_limit=args.eval_limit,
+                           qat=args.qat, qat_epochs=args.qat_epochs)
     out = Path(args.out)
     reports = []
     for p in plans:

@@ -54,7 +54,7 @@ def test_convert_succeeds_with_budget_zero_forcing_accuracy_control(
 ) -> None:
     the_plan = plan(load_profile(profile_id), max_drop_pt=0.0)
     report = convert(ModelSource.from_bundle(keras_bundle.path), the_plan, data_root, tmp_path,
-                     ConvertConfig(calibration_per_class=2, max_ignored=2), log=lambda m: None)
+                     ConvertConfig(calibration_per_class=2, max_ignored=2, qat="off"), log=lambda m: None)
     by_precision = {v.precision: v for v in report.variants}
     assert set(by_precision) == set(the_plan.precisions)
     int8 = by_precision[Precision.INT8]
@@ -78,6 +78,35 @@ def test_convert_succeeds_with_budget_zero_forcing_accuracy_control(
     assert int8.bundle.manifest.provenance.parent.startswith("tiny-")
     calibration_steps = [s for s in int8.bundle.manifest.provenance.steps if "calibration" in s.config]
     assert calibration_steps and calibration_steps[-1].config["calibration"]["sha256"]
+
+
+@pytest.mark.parametrize("profile_id", ["android-arm64", "x86-kiosk-cpu"])
+def test_convert_succeeds_with_quantization_aware_fine_tuning_as_an_extra_int8(
+    profile_id: str, data_root: Path, keras_bundle, tmp_path: Path
+) -> None:
+    the_plan = plan(load_profile(profile_id))
+    lines: list[str] = []
+    report = convert(ModelSource.from_bundle(keras_bundle.path), the_plan, data_root, tmp_path,
+                     ConvertConfig(calibration_per_class=2, max_ignored=0, qat="always", qat_epochs=1, qat_per_class=4),
+                     log=lines.append)
+
+    int8 = [v for v in report.variants if v.precision is Precision.INT8]
+    assert [v.name.endswith(f"-qat-{the_plan.format.value}-int8") for v in int8] == [False, True]
+    qat = int8[1]
+    steps = [s.name for s in qat.bundle.manifest.provenance.steps]
+    assert steps[0] == "quantization_aware_fine_tuning" and steps[-1].startswith("quantize_")
+    record = qat.bundle.manifest.provenance.steps[0].config
+    assert record["images"] == 4 * 6 and record["weight_bits"] == (7 if profile_id == "x86-kiosk-cpu" else 8)
+    assert record["source_sha256"] == keras_bundle.manifest.files[keras_bundle.model_path.name]
+    # Verified through sdk like every candidate, against the same fp32 model.
+    assert 0.0 <= qat.agreement <= 1.0 and qat.evaluation.ran.runtime.value in ("litert", "openvino")
+    assert any(line.startswith("[qat] asked for") for line in lines)
+    assert "-qat-" in (tmp_path / profile_id / "report.md").read_text()
+
+
+def test_convert_config_fails_with_unknown_qat_mode() -> None:
+    with pytest.raises(ConfigError, match="qat"):
+        ConvertConfig(qat="sometimes")
 
 
 def test_plan_fails_with_reference_profile() -> None:

@@ -1,0 +1,204 @@
+"""Quantization-aware fine-tuning: the last resort when post-training quantization misses the budget.
+
+``convert`` runs it only for an int8 candidate that missed the accuracy budget after plain
+PTQ, accuracy control and sensitive layers kept in float. The fp32 Keras model is fine-tuned
+for a short while with every Conv2D / DepthwiseConv2D / Dense kernel fake-quantized the way
+the int8 runtimes store it (symmetric, per output channel, ``2**(bits-1) - 1`` levels a side)
+and a straight-through estimator for the rounding; the loss is a self-distillation towards the
+fp32 model's own outputs (plus the hard labels), so the model learns weights whose quantized
+version answers like the float one. The format's PTQ then runs again on the fine-tuned weights
+(activation ranges still come from calibration).
+
+Per-channel symmetric weight quantization commutes with the per-channel scale of a BatchNorm
+folded into the convolution, so fake-quantizing the unfolded kernels (BatchNorm frozen in
+inference mode) trains exactly what the folded int8 kernel will be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sdk.errors import ConfigError, ConversionError
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = ["QATConfig", "QATResult", "fake_quantize", "fine_tune"]
+
+Log = Callable[[str], None]
+STEP_NAME = "quantization_aware_fine_tuning"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QATConfig:
+    """How long and how gently to fine-tune.
+
+    Attributes:
+        epochs: passes over the training subset.
+        lr: peak AdamW learning rate (small: the weights only need to move within a quantization step).
+        batch_size: training batch.
+        per_class: training photos per class (class-balanced subset of ``train``).
+        weight_bits: bits of the quantized kernels (8; 7 where the runtime keeps weights in 7
+            bits, as OpenVINO's overflow fix does for CPUs without VNNI).
+        alpha: weight of the self-distillation term vs the hard labels.
+        temperature: of the self-distillation term.
+        seed: of the subset and the batch order.
+    """
+
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 32
+    per_class: int = 20
+    weight_bits: int = 8
+    alpha: float = 0.7
+    temperature: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("per_class", self.per_class >= 1, ">= 1"),
+            ("weight_bits", 2 <= self.weight_bits <= 8, "in 2..8"),
+            ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
+            ("temperature", self.temperature > 0, "> 0"),
+        )
+        for field, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"QATConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QATResult:
+    model_path: Path
+    kernels: int
+    history: tuple[dict[str, float], ...]
+    fake_quant_agreement_before: float
+    fake_quant_agreement_after: float
+    seconds: float
+
+    def record(self) -> dict[str, Any]:
+        """What the provenance step keeps."""
+        return {"kernels_fake_quantized": self.kernels, "history": list(self.history),
+                "fake_quant_top1_agreement_before": round(self.fake_quant_agreement_before, 4),
+                "fake_quant_top1_agreement_after": round(self.fake_quant_agreement_after, 4)}
+
+
+def fake_quantize(kernel: Any, channel_axis: int, bits: int) -> Any:
+    """Symmetric per-channel quantize-dequantize with a straight-through gradient (TensorFlow)."""
+    import tensorflow as tf
+
+    axes = [a for a in range(len(kernel.shape)) if a != channel_axis % len(kernel.shape)]
+    levels = float(2 ** (bits - 1) - 1)
+    scale = tf.maximum(tf.reduce_max(tf.abs(kernel), axis=axes, keepdims=True), 1e-12) / levels
+    quantized = tf.clip_by_value(tf.round(kernel / scale), -levels, levels) * scale
+    return kernel + tf.stop_gradient(quantized - kernel)
+
+
+def quantized_kernels(model: keras.Model) -> dict[str, int]:
+    """Variable path -> output-channel axis of every kernel an int8 runtime quantizes."""
+    import keras
+
+    axes: dict[str, int] = {}
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            axes[layer.kernel.path] = 2  # (kh, kw, channels, multiplier)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            axes[layer.kernel.path] = -1
+    return axes
+
+
+def fine_tune(model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_path: Path, config: QATConfig,
+              log: Log = print) -> QATResult:
+    """Fine-tune the Keras model at ``model_path`` with fake-quantized kernels; save it to ``out_path``.
+
+    Args:
+        tensors: preprocessed training inputs (N, H, W, C) float32, as the model takes them.
+        labels: their class ids (N,).
+
+    Raises:
+        ConfigError: empty or mismatched tensors/labels.
+        ConversionError: the model cannot be loaded, has no quantizable kernel, or cannot be saved.
+    """
+    import keras
+    import tensorflow as tf
+
+    from converters.distill import DistillConfig
+    from converters.distill_train import train_loop
+
+    started = time.perf_counter()
+    if len(tensors) == 0 or len(tensors) != len(labels):
+        raise ConfigError(f"QAT needs training tensors with one label each, got {len(tensors)} and {len(labels)}")
+    try:
+        model = keras.saving.load_model(str(model_path), compile=False)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for an unreadable file
+        raise ConversionError(f"{STEP_NAME}: {model_path}: cannot load the Keras model ({e})") from e
+    axes = quantized_kernels(model)
+    if not axes:
+        raise ConversionError(f"{STEP_NAME}: {model_path} has no Conv2D/DepthwiseConv2D/Dense kernel to train")
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # inference mode: the statistics int8 folds stay as they are
+
+    trainable = list(model.trainable_variables)
+    non_trainable = list(model.non_trainable_variables)
+    bits = config.weight_bits
+
+    def forward(x: Any, training: bool) -> Any:
+        values = [fake_quantize(v, axes[v.path], bits) if v.path in axes else v for v in trainable]
+        outputs, _ = model.stateless_call(values, [v.value for v in non_trainable], x, training=training)
+        return outputs
+
+    fq_fn = tf.function(lambda x: forward(tf.cast(x, tf.float32), False), reduce_retracing=True)
+    float_fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+    reference = _predict(float_fn, tensors)
+    before = _agreement(_predict(fq_fn, tensors), reference)
+    log(f"[qat] {len(axes)} kernels fake-quantized to {bits} bits; fp32 vs fake-quantized top-1 agreement on "
+        f"{len(tensors)} training photos before: {before:.4f}")
+    loss_config = DistillConfig(kd=True, alpha=config.alpha,
+                                temperature=config.temperature, label_smoothing=0.0, weight_decay=0.0,
+                                seed=config.seed)
+    rng = np.random.default_rng([config.seed, 3])
+
+    def sample(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = tensors[idx]
+        flip = rng.random(len(idx)) < 0.5  # the only augmentation: a product photo mirrored is still the product
+        batch[flip] = batch[flip, :, ::-1]
+        return batch, reference[idx]
+
+    history = train_loop(forward=forward, variables=trainable, sample=sample, labels=np.asarray(labels, np.int32),
+                         config=loss_config, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                         evaluate=None, log=log, label="qat")
+    after = _agreement(_predict(fq_fn, tensors), reference)
+    log(f"[qat] fp32 vs fake-quantized top-1 agreement after: {after:.4f}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model.save(str(out_path))
+    except Exception as e:  # noqa: BLE001
+        raise ConversionError(f"{STEP_NAME}: cannot save the fine-tuned model to {out_path} ({e})") from e
+    return QATResult(model_path=out_path, kernels=len(axes), history=tuple(history),
+                     fake_quant_agreement_before=before, fake_quant_agreement_after=after,
+                     seconds=time.perf_counter() - started)
+
+
+def _all_layers(model: Any) -> list[Any]:
+    layers = []
+    for layer in model.layers:
+        layers.extend(_all_layers(layer) if hasattr(layer, "layers") else [layer])
+    return layers
+
+
+def _predict(fn: Callable[[Any], Any], tensors: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(tensors[i : i + batch_size])) for i in range(0, len(tensors), batch_size)])
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(-1) == b.argmax(-1)).mean())
