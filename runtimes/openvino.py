@@ -387,3 +387,43 @@ def _precision(model: Any, hint: str | None) -> Precision:
     if hint == "bf16":
         return Precision.MIXED
     return Precision.FP32
+
+
+# Ops that carry no activation of their own: plumbing, and the weight-side decompression
+# subgraphs of fp16/int8 IRs (caught below as ops fed by constants only).
+_NOT_LAYERS = frozenset({"Parameter", "Result", "Constant", "Convert", "FakeQuantize", "ShapeOf"})
+
+
+def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    """Every activation of the IR on ``feed``: (friendly name, op type, value), in topological order.
+
+    For localising a parity failure: the IR is compiled on CPU with every layer's output added
+    as a model output and f32 inference precision, so values compare with an fp32 model's.
+
+    Raises:
+        InferenceError: the IR cannot be read, compiled or run on ``feed``.
+    """
+    model = _read(Path(model_path))
+    weight_side: set[str] = set()
+    layers = []
+    for op in model.get_ordered_ops():
+        name, kind = op.get_friendly_name(), op.get_type_name()
+        sources = [op.input_value(i).get_node() for i in range(op.get_input_size())]
+        if kind == "Constant" or (sources and all(s.get_friendly_name() in weight_side for s in sources)):
+            weight_side.add(name)
+            continue
+        if kind in _NOT_LAYERS or op.get_output_size() != 1 or not op.get_output_element_type(0).is_real():
+            continue
+        layers.append(op)
+    model.add_outputs([op.output(0) for op in layers])
+    compiled = _compile(_core(), model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}, Path(model_path))
+    try:
+        results = compiled(dict(feed))
+    except RuntimeError as e:
+        raise InferenceError(f"{_NAME}: {model_path} failed on the localisation inputs: {e}") from e
+    values = {}
+    for port in compiled.outputs:
+        node = port.get_node().input_value(0).get_node() if port.get_node().get_type_name() == "Result" else port.get_node()
+        values.setdefault(node.get_friendly_name(), np.asarray(results[port]))
+    return [(op.get_friendly_name(), op.get_type_name(), values[op.get_friendly_name()])
+            for op in layers if op.get_friendly_name() in values]

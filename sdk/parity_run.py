@@ -17,9 +17,10 @@ import numpy as np
 
 from sdk.bundle import Bundle
 from sdk.data import ImageDataset
-from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, Runtime
-from sdk.errors import ParityError
+from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, Precision, Runtime
+from sdk.errors import ParityError, ShelfedgeError
 from sdk.evaluation import evaluate, preprocess_dataset
+from sdk.localize import LAYER_OUTPUTS, find_fp32_parent, localize
 from sdk.parity import ParityVerdict, compute_metrics, jsonable
 from sdk.profiles import HardwareProfile, load_profile
 from sdk.reference import REFERENCE_JSON, Reference, load_reference, save_reference
@@ -46,6 +47,7 @@ class ParityResult:
     tolerance_profile: str
     metrics: dict[str, Any]
     verdict: ParityVerdict
+    localisation: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         m = self.metrics
@@ -73,6 +75,7 @@ class ParityResult:
             "tolerance_profile": self.tolerance_profile,
             "metrics": jsonable(self.metrics),
             "verdict": self.verdict.to_dict(),
+            "localisation": self.localisation,
         }
 
 
@@ -154,8 +157,11 @@ def tolerance_profile(runtime: Runtime, profile: HardwareProfile | None) -> Hard
 
 def run_parity(bundles: Sequence[str | Path], reference: Reference, dataset: ImageDataset, *,
                profile: HardwareProfile | None = None, runtimes: Sequence[Runtime] | None = None,
-               log: Log = print) -> list[ParityResult]:
+               localize_images: int = 4, log: Log = print) -> list[ParityResult]:
     """Every bundle on every runtime that can open it (or the profile's runtime), judged per precision.
+
+    A failure on OpenVINO or ONNX Runtime is localised (:mod:`sdk.localize`) on up to
+    ``localize_images`` photos, those whose top-1 differs from the reference first; 0 turns it off.
 
     Raises:
         ParityError: the inputs are not the reference's (hash mismatch), or outputs differ in shape.
@@ -183,11 +189,41 @@ def run_parity(bundles: Sequence[str | Path], reference: Reference, dataset: Ima
                                       labels=labels, num_classes=ref_logits.shape[1])
             judge = tolerance_profile(runtime, profile)
             verdict = ParityVerdict.from_metrics(metrics, judge.tolerance(evaluation.ran.precision))
+            where = None
+            if not verdict.passed and localize_images and runtime in LAYER_OUTPUTS \
+                    and bundle.manifest.format in (ModelFormat.OPENVINO, ModelFormat.ONNX):
+                where = _localize(runtime, bundle, images, ref_tensors, evaluation.logits, ref_logits,
+                                  localize_images, log)
             results.append(ParityResult(bundle=str(bundle.path), runtime=runtime, ran=evaluation.ran.to_dict(),
                                         precision=evaluation.ran.precision.value, tolerance_profile=judge.id,
-                                        metrics=metrics, verdict=verdict))
-            log(f"[parity]   {'PASS' if verdict.passed else 'FAIL ' + ', '.join(verdict.failed)}")
+                                        metrics=metrics, verdict=verdict, localisation=where))
+            log(f"[parity]   {'PASS' if verdict.passed else 'FAIL ' + ', '.join(verdict.failed)}"
+                + (f"; {where['summary']}" if where else ""))
     return results
+
+
+def _localize(runtime: Runtime, bundle: Bundle, images: ImageDataset, ref_tensors: np.ndarray, logits: np.ndarray,
+              ref_logits: np.ndarray, count: int, log: Log) -> dict[str, Any]:
+    """The first diverging layer of a failing bundle, as a dict for the report (an error note if it cannot run)."""
+    differ = np.flatnonzero(logits.argmax(-1) != ref_logits.argmax(-1))
+    rest = np.setdiff1d(np.arange(len(ref_logits)), differ)
+    chosen = np.concatenate([differ, rest])[:count].astype(int)
+    subset = images.subset(chosen.tolist())
+    parent = find_fp32_parent(bundle)
+    try:
+        inputs = preprocess_dataset(bundle, subset)
+        if parent is not None:
+            fp32, fp32_inputs = parent, preprocess_dataset(parent, subset)
+            how = f"its fp32 parent {parent.path.name}, each fed the photos preprocessed as its manifest says"
+        else:
+            fp32, fp32_inputs = bundle, ref_tensors[chosen]
+            how = "its own model fed the reference's preprocessed inputs" + (
+                "" if bundle.manifest.precision is Precision.FP32 else " (its fp32 parent was not found next to it)")
+            fp32_inputs = fp32_inputs.reshape(len(chosen), *fp32_inputs.shape[1:])
+        log(f"[parity]   localising on {len(chosen)} photo(s) against {how}")
+        return localize(runtime, bundle, inputs, fp32=fp32, fp32_inputs=fp32_inputs, compared_with=how).to_dict()
+    except ShelfedgeError as e:
+        return {"summary": f"localisation failed: {e}", "error": str(e)}
 
 
 def _reference_inputs(images: ImageDataset, reference: Reference) -> np.ndarray:

@@ -45,12 +45,16 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "parity.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+        where = "".join(f"- {Path(r.bundle).name} on {r.runtime.value}: {r.localisation['summary']}\n"
+                        for r in results if r.localisation)
         (out / "parity.md").write_text(f"# shelfedge parity\n\nReference: {reference.info.get('note')} "
-                                       f"({reference.num_samples} images).\n\n{table}\n", encoding="utf-8")
+                                       f"({reference.num_samples} images).\n\n{table}\n"
+                                       + (f"\n## Where failures start\n\n{where}" if where else ""), encoding="utf-8")
 
     def text() -> str:
         failures = [f"  {Path(r.bundle).name} on {r.runtime.value}: " + "; ".join(
-            c.describe() for c in r.verdict.checks if not c.passed) for r in results if not r.verdict.passed]
+            c.describe() for c in r.verdict.checks if not c.passed)
+            + (f"\n    {r.localisation['summary']}" if r.localisation else "") for r in results if not r.verdict.passed]
         return (f"reference: {reference.info['runtime']} on {reference.info['device']} "
                 f"({reference.info.get('note')}), {reference.num_samples} images\n\n{table}\n"
                 + ("\nfailed checks:\n" + "\n".join(failures) if failures else "\nall checks passed"))
