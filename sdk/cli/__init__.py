@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reference": ("sdk.cli.reference", "save the server model's outputs (npz + input hashes) to compare elsewhere"),
     "parity": ("sdk.cli.parity", "bundles on every runtime vs the server reference, tiered checks; exit 1 on failure"),
     "bench": ("sdk.cli.bench", "latency (end to end and inference only), throughput, cold start, memory and budgets per bundle x runtime"),
+    "matrix": ("sdk.cli.matrix", "parity + bench for every bundle x hardware profile that can run here, one table and report"),
     "quickstart": ("sdk.cli.quickstart", "the main job: train, export to every format, compare runtimes"),
 }
 
