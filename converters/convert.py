@@ -103,10 +103,14 @@ class Variant:
     evaluation: Evaluation
     drop_pt: float
     agreement: float
-    meets_budget: bool
+    misses: tuple[str, ...]
     kept_in_float: int
     seconds: float
     chosen: bool = False
+
+    @property
+    def meets_budget(self) -> bool:
+        return not self.misses
 
     def row(self) -> dict[str, Any]:
         return {
@@ -145,7 +149,7 @@ class ConvertReport:
             "chosen": str(self.chosen.path),
             "variants": [
                 {**v.row(), "bundle": str(v.bundle.path), "val_top5": round(v.evaluation.top5, 4),
-                 "ran": v.evaluation.ran.to_dict(), "seconds": round(v.seconds, 1),
+                 "ran": v.evaluation.ran.to_dict(), "seconds": round(v.seconds, 1), "misses": list(v.misses),
                  "kept_in_float_layers": [k.to_dict() for k in v.bundle.manifest.kept_in_float]}
                 for v in self.variants
             ],
@@ -164,10 +168,12 @@ class ConvertReport:
             f"Source: {self.source}. Target: {p.profile.description}.\n"
             f"Format {p.format.value}; precisions tried in order of preference: "
             f"{', '.join(x.value for x in p.precisions)}; budget: at most {p.max_drop_pt} pt val top-1 "
-            f"below the fp32 model. Verified through sdk.load ({where}) on {self.data['val_images']} "
-            f"val images; agreement = top-1 equal to the fp32 model's.\n\n"
+            f"below the fp32 model, and the task tier of the profile's parity tolerances for the precision "
+            f"(top-1 agreement, accuracy as a fraction of fp32). Verified through sdk.load ({where}) on "
+            f"{self.data['val_images']} val images; agreement = top-1 equal to the fp32 model's.\n\n"
             f"{markdown_table(self.rows(), COLUMNS)}\n\n"
-            f"Chosen: `{self.chosen.path}`. Calibration: {self.data.get('calibration')}.\n"
+            + "".join(f"- {v.name} misses: {'; '.join(v.misses)}\n" for v in self.variants if v.misses)
+            + f"\nChosen: `{self.chosen.path}`. Calibration: {self.data.get('calibration')}.\n"
         )
 
 
@@ -280,11 +286,31 @@ def _verify(bundle: Bundle, val: ImageDataset, plan: ConvertPlan, log: Callable[
 def _variant(bundle: Bundle, precision: Precision, evaluation: Evaluation, fp32: Evaluation,
              plan: ConvertPlan, seconds: float) -> Variant:
     drop = (fp32.top1 - evaluation.top1) * 100.0
+    agreement = evaluation.agreement(fp32)
     return Variant(
         name=bundle.path.name, bundle=bundle, precision=precision, evaluation=evaluation, drop_pt=drop,
-        agreement=evaluation.agreement(fp32), meets_budget=drop <= plan.max_drop_pt + 1e-9,
+        agreement=agreement, misses=budget_misses(plan, precision, drop, evaluation.top1, fp32.top1, agreement),
         kept_in_float=len(bundle.manifest.kept_in_float), seconds=seconds,
     )
+
+
+def budget_misses(plan: ConvertPlan, precision: Precision, drop_pt: float, top1: float, fp32_top1: float,
+                  agreement: float) -> tuple[str, ...]:
+    """What a candidate misses: the profile's accuracy budget, and the task tier of its parity tolerances.
+
+    The task tier (top-1 agreement, accuracy as a fraction of fp32) is what ``shelfedge parity``
+    will check against the model the bundle was made from, so a bundle chosen here passes it.
+    """
+    tol = plan.profile.tolerance(precision)
+    ratio = top1 / fp32_top1 if fp32_top1 > 0 else 1.0
+    misses = []
+    if drop_pt > plan.max_drop_pt + 1e-9:
+        misses.append(f"drop {drop_pt:.2f} pt > budget {plan.max_drop_pt:g} pt")
+    if tol.min_accuracy_ratio is not None and ratio < tol.min_accuracy_ratio - 1e-9:
+        misses.append(f"accuracy {ratio:.4f} of fp32 < parity min_accuracy_ratio {tol.min_accuracy_ratio:g}")
+    if tol.min_top1_agreement is not None and agreement < tol.min_top1_agreement - 1e-9:
+        misses.append(f"top-1 agreement {agreement:.4f} < parity min_top1_agreement {tol.min_top1_agreement:g}")
+    return tuple(misses)
 
 
 def _choose(variants: Sequence[Variant], plan: ConvertPlan) -> Variant:

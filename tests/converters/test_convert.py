@@ -104,6 +104,18 @@ def test_convert_succeeds_with_quantization_aware_fine_tuning_as_an_extra_int8(
     assert "-qat-" in (tmp_path / profile_id / "report.md").read_text()
 
 
+def test_budget_misses_fails_with_parity_task_tier_even_inside_the_point_budget() -> None:
+    from converters.convert import budget_misses
+
+    the_plan = plan(load_profile("x86-kiosk-cpu"))  # 1 pt budget; int8 parity: ratio 0.99, agreement 0.95
+    # 0.6 pt below a 41.5 % fp32 model is 1.4 % relative: inside the budget, outside parity's ratio.
+    misses = budget_misses(the_plan, Precision.INT8, 0.6, 0.409, 0.415, 0.97)
+    assert len(misses) == 1 and "min_accuracy_ratio 0.99" in misses[0]
+    misses = budget_misses(the_plan, Precision.INT8, 1.5, 0.835, 0.85, 0.90)
+    assert [m.split()[0] for m in misses] == ["drop", "top-1"]
+    assert budget_misses(the_plan, Precision.INT8, 0.3, 0.852, 0.855, 0.98) == ()
+
+
 def test_convert_config_fails_with_unknown_qat_mode() -> None:
     with pytest.raises(ConfigError, match="qat"):
         ConvertConfig(qat="sometimes")
