@@ -112,7 +112,7 @@ def test_budget_misses_fails_with_parity_task_tier_even_inside_the_point_budget(
     misses = budget_misses(the_plan, Precision.INT8, 0.6, 0.409, 0.415, 0.97)
     assert len(misses) == 1 and "min_accuracy_ratio 0.99" in misses[0]
     misses = budget_misses(the_plan, Precision.INT8, 1.5, 0.835, 0.85, 0.90)
-    assert [m.split()[0] for m in misses] == ["drop", "top-1"]
+    assert [m.split()[0] for m in misses] == ["drop", "accuracy", "top-1"]
     assert budget_misses(the_plan, Precision.INT8, 0.3, 0.852, 0.855, 0.98) == ()
 
 
