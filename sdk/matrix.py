@@ -358,7 +358,8 @@ def write_matrix_report(out_dir: str | Path, result: MatrixResult, *, plots: boo
     written["json"].write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
     pngs: list[Path] = []
     if plots:
-        points = [{"label": f"{Path(row.name).name} / {row.profile}", "runtime": row.runtime, "precision": row.precision,
+        points = [{"label": f"{Path(row.name).name} / {row.profile}", "runtime": row.runtime,
+                   "precision": row.precision,
                    "latency_ms": row.bench.inference.p50_ms, "accuracy": row.parity.metrics.get("accuracy_candidate")}
                   for row in result.ran if row.bench and row.parity]
         try:
