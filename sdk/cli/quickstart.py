@@ -22,10 +22,14 @@ from sdk.cli import emit, log
 from sdk.data import ImageDataset, default_data_root, load_split
 from sdk.enums import RUNTIMES_FOR_FORMAT, ModelFormat, Runtime
 from sdk.errors import BackendUnavailableError, ConfigError
+from sdk.cli import quickstart_pipeline as qp
 from sdk.loading import load
+from sdk.profiles import load_profile
 from sdk.tables import markdown_table
 from sdk.versions import host_info, tool_versions
 
+DEFAULT_TEACHER = Path("out/teacher/bundles/teacher-keras-fp32")
+STUDENT = "efficientnet_lite0@160"
 COLUMNS = ["bundle", "runtime", "device", "precision", "size MB", "max abs diff vs ref",
            "top-1 agreement", "val top-1", "infer ms p50", "load ms"]
 
@@ -38,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=96, help="model input side in pixels (default 96)")
     parser.add_argument("--limit", type=int, default=0, help="use at most N validation images (0: all)")
     parser.add_argument("--retrain", action="store_true", help="train again even if out/.../shelf_cnn.keras exists")
+    parser.add_argument("--profile", default="x86-kiosk-cpu",
+                        help="hardware profile to convert, check and bench for (default x86-kiosk-cpu)")
+    parser.add_argument("--teacher", help="a trained teacher's Keras bundle: ship a student distilled from it "
+                        f"(default: {DEFAULT_TEACHER} when it exists and fits the data)")
+    parser.add_argument("--small", action="store_true",
+                        help="use the small built-in CNN as the teacher even if a trained teacher exists")
     parser.epilog = "example: shelfedge quickstart --out out/quickstart"
 
 
@@ -67,24 +77,36 @@ def run(args: argparse.Namespace) -> int:
         val = val.head(args.limit)
     log(f"[data] {root} ({origin}): {len(train)} train / {len(val)} val images, {len(train.class_names)} classes")
 
-    config = SmallCnnConfig(input_size=args.input_size, epochs=args.epochs)
-    model_path = out / "shelf_cnn.keras"
+    profile = load_profile(args.profile)  # a bad profile fails before any training
     import keras
 
-    if model_path.is_file() and not args.retrain:
-        log(f"[train] reusing {model_path} (pass --retrain to train again)")
-        model = keras.saving.load_model(model_path, compile=False)
+    teacher_path = _trained_teacher(args, train)
+    if teacher_path is not None:
+        from converters.distill import distill_for_convert
+
+        log(f"[teacher] {teacher_path} (trained): distilling the {STUDENT} student from it (cached after the first run)")
+        source = distill_for_convert(STUDENT, teacher_path, root, out / "students", tuple(profile.input_size), log=log)
+        model = keras.saving.load_model(source.model, compile=False)
+        name, preprocessing, model_info = source.name, source.preprocessing, {"path": str(source.model)}
     else:
-        log(f"[train] small CNN, {config.epochs} epochs, {config.input_size}px input")
-        t = time.perf_counter()
-        model = train_small_cnn(train, config, log=log)
-        model.save(model_path)
-        log(f"[train] done in {time.perf_counter() - t:.0f} s -> {model_path}")
+        config = SmallCnnConfig(input_size=args.input_size, epochs=args.epochs)
+        model_path = out / "shelf_cnn.keras"
+        if model_path.is_file() and not args.retrain:
+            log(f"[train] reusing {model_path} (pass --retrain to train again)")
+            model = keras.saving.load_model(model_path, compile=False)
+        else:
+            log(f"[train] small CNN, {config.epochs} epochs, {config.input_size}px input")
+            t = time.perf_counter()
+            model = train_small_cnn(train, config, log=log)
+            model.save(model_path)
+            log(f"[train] done in {time.perf_counter() - t:.0f} s -> {model_path}")
+        name, preprocessing, model_info = "shelf_cnn", preprocessing_for(config), {"path": str(model_path)}
     (out / "labels.txt").write_text("\n".join(train.class_names) + "\n", encoding="utf-8")
+    model_info |= {"name": name, "params": int(model.count_params()), "input_size": list(preprocessing.size)}
 
     log("[export] LiteRT, OpenVINO IR, ONNX and the Keras reference bundle")
-    bundles = export(model, out_dir=out / "bundles", name="shelf_cnn", labels=train.class_names,
-                     preprocessing=preprocessing_for(config), progress=lambda m: log(f"[export] {m}"))
+    bundles = export(model, out_dir=out / "bundles", name=name, labels=train.class_names,
+                     preprocessing=preprocessing, progress=lambda m: log(f"[export] {m}"))
 
     reference = _run_bundle(bundles[ModelFormat.KERAS], Runtime.TENSORFLOW, val)
     rows: list[dict[str, Any]] = []
@@ -97,19 +119,40 @@ def run(args: argparse.Namespace) -> int:
                 continue
             rows.append(_row(bundle, runtime, result, reference, val))
     table = markdown_table(rows, COLUMNS)
+
+    source_bundle = bundles[ModelFormat.KERAS]
+    teacher_bundle = Bundle.open(teacher_path) if teacher_path is not None else source_bundle
+    ref_top1 = float((reference["logits"].argmax(1) == np.asarray(val.labels)).mean())
+    teacher = {"bundle": str(teacher_bundle.path),
+               "summary": (f"trained teacher {teacher_bundle.path} -> distilled student {name}, "
+                           f"{model_info['params']:,} params, val top-1 {ref_top1:.3f}" if teacher_path is not None
+                           else f"small built-in CNN {name}, {model_info['params']:,} params, "
+                                f"val top-1 {ref_top1:.3f} (run `shelfedge teacher` for the real one)")}
+    converted = qp.convert_stage(source_bundle.path, profile, root, out)
+    parity = qp.parity_stage(converted.chosen, source_bundle.path, val, profile, out)
+    bench = qp.bench_stage(converted.chosen, teacher_bundle, profile, val, out)
+    pipeline = qp.summary_rows(teacher, converted, parity, bench, profile)
+    pipeline_table = markdown_table(pipeline, ["stage", "result"])
     summary = {
         "schema_version": 1,
         "data": {"root": str(root), "origin": origin, "train": len(train), "val": len(val),
                  "classes": len(train.class_names)},
-        "model": {"path": str(model_path), "params": int(model.count_params()), "input_size": config.input_size},
+        "model": model_info,
+        "teacher": teacher,
         "reference": "tensorflow (Keras bundle) on " + reference["device"],
         "rows": rows,
+        "profile": profile.id,
+        "convert": {"report": str(out / "convert" / profile.id / "report.json"), "chosen": str(converted.chosen.path)},
+        "parity": [r.to_dict() for r in parity],
+        "bench": {"report": str(out / "bench" / "bench.json"), "comparison": bench[2].to_dict()},
+        "pipeline": pipeline,
+        "passed": all(r.verdict.passed for r in parity) and all(c.passed is not False for c in bench[0].budgets),
         "host": host_info(),
         "tool_versions": tool_versions(),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    (out / "report.md").write_text(_markdown(summary, table), encoding="utf-8")
+    (out / "report.md").write_text(_markdown(summary, table, pipeline_table), encoding="utf-8")
 
     def text() -> str:
         host = summary["host"]
@@ -118,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
             f"\nshelfedge quickstart: {len(val)} {origin} validation images through every runtime, "
             f"compared with the TensorFlow reference ({summary['reference']})\n"
             f"host: {host['cpu']}, {host['logical_cores']} logical cores\n\n{table}\n\n"
-            f"report: {out / 'report.md'} and {out / 'report.json'} ({summary['seconds']} s)\n"
+            f"release check for {profile.id}:\n\n{pipeline_table}\n\n"
+            f"report: {out / 'report.md'} and {out / 'report.json'} ({summary['seconds']} s); "
+            f"convert, parity and bench reports under {out}/convert, {out}/bench\n"
             f"next: shelfedge inspect {first}\n"
             f"      shelfedge classify {first} {val.paths[0]}"
         )
@@ -173,14 +218,30 @@ def _row(bundle: Bundle, runtime: Runtime, result: dict[str, Any], reference: di
     }
 
 
-def _markdown(summary: dict[str, Any], table: str) -> str:
+def _trained_teacher(args: argparse.Namespace, train: ImageDataset) -> Path | None:
+    """The trained teacher to distil from: --teacher, else the default one when it exists and fits the data."""
+    if args.small:
+        return None
+    if args.teacher:
+        return Path(args.teacher)
+    if not (DEFAULT_TEACHER / "manifest.json").is_file():
+        return None
+    if Bundle.open(DEFAULT_TEACHER).labels != tuple(train.class_names):
+        log(f"[teacher] {DEFAULT_TEACHER} was trained on other classes: using the small built-in CNN")
+        return None
+    return DEFAULT_TEACHER
+
+
+def _markdown(summary: dict[str, Any], table: str, pipeline_table: str) -> str:
     host = summary["host"]
     data = summary["data"]
     return (
         "# shelfedge quickstart\n\n"
         f"Data: `{data['root']}` ({data['origin']}), {data['train']} train / {data['val']} val images, "
-        f"{data['classes']} classes. Model: small CNN, {summary['model']['params']:,} parameters, "
-        f"{summary['model']['input_size']} px input.\n\n"
+        f"{data['classes']} classes. Model shipped: {summary['model']['name']}, {summary['model']['params']:,} "
+        f"parameters, {summary['model']['input_size']} px input. Teacher: {summary['teacher']['summary']}.\n\n"
+        f"## Release check for {summary['profile']}\n\n{pipeline_table}\n\n"
+        "## Every runtime on the fp32 exports\n\n"
         f"Reference: {summary['reference']}. Host: {host['cpu']}, {host['logical_cores']} logical cores. "
         "Inference latency is batch 1, median over the validation images, measured in this one run.\n\n"
         f"{table}\n\n"

@@ -1,4 +1,4 @@
-"""The main job runs end to end (tiny settings) and its report says every runtime agrees."""
+"""The main job runs end to end (tiny settings): every runtime agrees, then convert -> parity -> bench."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(tmp_path: Path
     data = synthetic.generate(tmp_path / "data", train_per_class=8, val_per_class=3, size=64)
     out = tmp_path / "out"
     code = main(["quickstart", "--data", str(data), "--out", str(out), "--epochs", "1",
-                 "--input-size", "32", "--json"])
+                 "--input-size", "32", "--small", "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "report.json").read_text())
@@ -26,3 +26,16 @@ def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(tmp_path: Path
         assert row["max abs diff vs ref"] <= 1e-4
     assert "| tflite" in (out / "report.md").read_text()
     assert report["data"]["origin"] == "given" and report["data"]["val"] == 18
+    # The release check for the default profile: converted, judged against its fp32 source, benched.
+    assert report["profile"] == "x86-kiosk-cpu"
+    chosen = Path(report["convert"]["chosen"])
+    assert chosen.is_dir() and chosen.parent == out / "convert" / "x86-kiosk-cpu"
+    [parity] = report["parity"]
+    assert parity["runtime"] == "openvino" and {c["tier"] for c in parity["verdict"]["checks"]} == {"task"} | (
+        {"tensor", "output"} if parity["precision"] != "int8" else {"output"})
+    comparison = report["bench"]["comparison"]
+    assert comparison["infer_p50_speedup"] > 0 and comparison["size_ratio"] > 0
+    assert (out / "bench" / "bench.json").is_file() and (out / "convert" / "x86-kiosk-cpu" / "report.md").is_file()
+    assert [row["stage"] for row in report["pipeline"]] == ["teacher", "convert (x86-kiosk-cpu)",
+                                                              "parity vs fp32 source", report["pipeline"][3]["stage"]]
+    assert "Release check for x86-kiosk-cpu" in (out / "report.md").read_text()
