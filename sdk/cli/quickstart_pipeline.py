@@ -79,7 +79,7 @@ def summary_rows(teacher: dict[str, Any], convert_report: Any, parity: list[Any]
         {"stage": f"convert ({profile.id})",
          "result": f"chose {chosen.precision.value} {chosen.bundle.manifest.format.value}: "
                    f"{chosen.bundle.size_bytes() / 1e6:.3f} MB, val top-1 {chosen.evaluation.top1:.3f} "
-                   f"({chosen.drop_pt:+.2f} pt vs fp32, budget {convert_report.plan.max_drop_pt:g} pt)"},
+                   f"({-chosen.drop_pt:+.2f} pt vs fp32, budget {convert_report.plan.max_drop_pt:g} pt)"},
         {"stage": "parity vs fp32 source",
          "result": f"{'; '.join(verdicts)} (top-1 agreement {task.get('top1_agreement', float('nan')):.3f}, "
                    f"accuracy {100 * task.get('accuracy_ratio', float('nan')):.1f} % of the source)"},
