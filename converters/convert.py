@@ -343,8 +343,8 @@ def _qat_candidate(source: ModelSource, plan: ConvertPlan, fp32_bundle: Bundle, 
     if model_path is None or model_path.suffix != ".keras":
         log("[qat] skipped: quantization-aware fine-tuning needs a .keras source model")
         return None
-    # OpenVINO on CPU keeps weights in 7 bits (NNCF overflow fix): train for those.
-    bits = 7 if plan.format is ModelFormat.OPENVINO and plan.profile.device is Device.CPU else 8
+    # OpenVINO and ONNX Runtime on CPU keep weights in 7 bits (overflow fix, reduce_range): train for those.
+    bits = 7 if plan.format in (ModelFormat.OPENVINO, ModelFormat.ONNX) and plan.profile.device is Device.CPU else 8
     qat_config = qat.QATConfig(epochs=config.qat_epochs, per_class=config.qat_per_class, weight_bits=bits,
                                seed=config.seed)
     subset = train.balanced(qat_config.per_class, seed=config.seed)

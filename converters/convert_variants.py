@@ -162,10 +162,13 @@ def _openvino_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[
 
 
 def _onnx_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
+    # 7-bit weights on CPUs (no-VNNI saturation). Measured on the AVX2 AMD EPYC, the Grocery
+    # student: 0.760 val top-1 with 8-bit weights, 0.838 with reduce_range (fp32 0.855).
+    config = quantize_onnx.ONNXQuantConfig(reduce_range=ctx.plan.profile.device is Device.CPU)
     result = quantize_onnx.quantize_with_budget(
         ctx.fp32.model_path, qc.require_calibration(ctx.calibration, "quantize_onnx"), ctx.eval_fn,
         ctx.fp32_accuracy, max_drop=ctx.max_drop_pt, out_dir=ctx.work_dir, max_ignored=ctx.max_ignored,
-        log=ctx.log,
+        config=config, log=ctx.log,
     )
     return result.model_path, list(result.kept_in_float), result.step, _root_from_bundle(ctx.fp32)
 

@@ -54,6 +54,9 @@ class ONNXQuantConfig:
         nodes_to_exclude: node names left in float (names of the pre-processed model, as
             ``sensitive_layers`` reports them).
         op_types_to_quantize: only these op types (None: every op type ORT can quantize).
+        reduce_range: 7-bit weights, so that x86 CPUs without VNNI (AVX2's ``vpmaddubsw`` sums
+            ``u8 x s8`` pairs in int16 and saturates) compute what VNNI CPUs do; ``convert`` sets
+            it for CPU profiles.
     """
 
     precision: Precision = Precision.INT8
@@ -64,6 +67,7 @@ class ONNXQuantConfig:
     calibrate_method: str = "MinMax"
     nodes_to_exclude: tuple[str, ...] = ()
     op_types_to_quantize: tuple[str, ...] | None = None
+    reduce_range: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
@@ -366,6 +370,7 @@ def _quantize(
             weight_type=getattr(q.QuantType, config.weight_type),
             nodes_to_exclude=list(config.nodes_to_exclude),
             calibrate_method=getattr(q.CalibrationMethod, config.calibrate_method),
+            reduce_range=config.reduce_range,
         )
         quantized = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - ORT's quantizer raises ValueError, RuntimeError, ORT Fail...

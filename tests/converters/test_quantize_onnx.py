@@ -120,6 +120,21 @@ def test_run_succeeds_with_qdq_model_close_to_fp32(setup: Setup, int8_onnx: tupl
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
 
 
+def _int8_weight_ranges(path: Path) -> list[tuple[int, int]]:
+    from onnx import numpy_helper
+
+    return [(int(a.min()), int(a.max())) for t in onnx.load(str(path)).graph.initializer
+            if (a := numpy_helper.to_array(t)).dtype == np.int8 and a.size > 1 and a.any()]  # weights, not zero points
+
+
+def test_reduce_range_succeeds_with_7_bit_weights(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
+    full = _int8_weight_ranges(int8_onnx[0])
+    assert full and max(max(-low, high) for low, high in full) == 127
+    path, _ = qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(reduce_range=True), tmp_path, setup.calibration)
+    reduced = _int8_weight_ranges(path)
+    assert len(reduced) == len(full) and max(max(-low, high) for low, high in reduced) == 64  # symmetric 7 bits
+
+
 def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
     import sdk
 
