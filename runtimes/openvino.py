@@ -425,5 +425,7 @@ def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[tupl
     for port in compiled.outputs:
         node = port.get_node().input_value(0).get_node() if port.get_node().get_type_name() == "Result" else port.get_node()
         values.setdefault(node.get_friendly_name(), np.asarray(results[port]))
-    return [(op.get_friendly_name(), op.get_type_name(), values[op.get_friendly_name()])
-            for op in layers if op.get_friendly_name() in values]
+    # Named by the output tensor where the model has tensor names (ONNX): an optimizer that fuses
+    # BatchNorm into a convolution keeps the node's name but gives it the fused tensor's name.
+    return [(min(op.output(0).get_names(), default=op.get_friendly_name()), op.get_type_name(),
+             values[op.get_friendly_name()]) for op in layers if op.get_friendly_name() in values]

@@ -160,7 +160,9 @@ def localize(runtime: Runtime, bundle: Bundle, inputs: np.ndarray, *, fp32: Bund
     reference = module.layer_outputs(fp32.model_path, reference_feed)
     for index, (layer, kind, ref_value) in enumerate(reference, start=1):
         found = candidate.get(layer)
-        if found is not None and found[1].shape == ref_value.shape:
+        # Same name, same op and shape: a quantizer that folds an activation into the convolution
+        # before it hands the convolution the activation's tensor name; that pair is not comparable.
+        if found is not None and found[0] == kind and found[1].shape == ref_value.shape:
             diffs.append(_diff(index, layer, kind, found[1], ref_value))
     first = next((d for d in diffs if not d.rel_error <= tolerance), None)
     ranked = sorted(diffs, key=lambda d: -d.rel_error if np.isfinite(d.rel_error) else -np.inf)
