@@ -135,12 +135,10 @@ def test_reduce_range_succeeds_with_7_bit_weights(setup: Setup, int8_onnx: tuple
     assert len(reduced) == len(full) and max(max(-low, high) for low, high in reduced) == 64  # symmetric 7 bits
 
 
-def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
-    import sdk
-
-    bundle = package(
-        int8_onnx[0],
-        out_dir=tmp_path / "tiny-onnx-int8",
+def _int8_bundle(setup: Setup, model: Path, out: Path) -> Bundle:
+    return package(
+        model,
+        out_dir=out,
         format=ModelFormat.ONNX,
         precision=Precision.INT8,
         task=Task.IMAGE_CLASSIFICATION,
@@ -152,9 +150,34 @@ def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_onnx: tuple[Path,
         name="tiny",
         parent=str(setup.fp32_bundle.path),
     )
+
+
+def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
+    import sdk
+
+    bundle = _int8_bundle(setup, int8_onnx[0], tmp_path / "tiny-onnx-int8")
     with sdk.load(bundle) as model:
         logits = model.run({"image": setup.val[:8]})["logits"]
     assert qc.compare(setup.fp32_val[:8], logits)["cosine"] > 0.98
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_localize_succeeds_pairing_only_comparable_layers_of_a_qdq_model(
+    setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path, runtime: str
+) -> None:
+    pytest.importorskip(runtime)
+    from sdk.enums import Runtime
+    from sdk.localize import localize
+
+    bundle = _int8_bundle(setup, int8_onnx[0], tmp_path / "tiny-onnx-int8")
+    x = setup.val[:4]
+    # Tolerance 0: every compared layer "diverges", so the report lists what was paired.
+    where = localize(Runtime(runtime), bundle, x, fp32=setup.fp32_bundle, fp32_inputs=x, compared_with="parent",
+                     tolerance=0.0, worst=100)
+    assert where.first is not None and where.first.index > 0
+    # The quantizer folds ReLU into the convolution before it, under the ReLU's tensor name: such
+    # pairs would differ by the whole negative half (relative error ~1) and must not be compared.
+    assert where.worst and all(d.rel_error < 0.3 for d in where.worst)
 
 
 def test_nodes_to_exclude_succeeds_with_sensitive_node_left_in_float(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
