@@ -169,8 +169,19 @@ class MatrixResult:
     def ran(self) -> tuple[MatrixRow, ...]:
         return tuple(row for row in self.rows if row.status == "ran")
 
-    def table(self) -> str:
-        return markdown_table([_cells(row.summary_row()) for row in self.rows], SUMMARY_COLUMNS)
+    def table(self, *, skipped: bool = True) -> str:
+        """The summary table; ``skipped=False`` leaves the skipped pairs out (they are listed apart)."""
+        rows = [row for row in self.rows if skipped or row.status != "skipped"]
+        return markdown_table([_cells(row.summary_row()) for row in rows], SUMMARY_COLUMNS)
+
+    def skipped_reasons(self) -> dict[str, int]:
+        """How many pairs were skipped, per reason (the reason's first clause)."""
+        reasons: dict[str, int] = {}
+        for row in self.rows:
+            if row.status == "skipped":
+                key = (row.reason or "").split(";")[0].split(" (")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+        return reasons
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -74,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
         lines = [f"\nshelfedge matrix: {len(result.rows)} rows ({counts['ran']} ran, {counts['skipped']} skipped, "
                  f"{counts['error']} errors) on {document['host']['cpu']}; reference "
                  f"{result.reference.get('runtime')} on {result.reference.get('device')}, {result.images} images",
-                 "", result.table(), ""]
+                 "", result.table(skipped=False), ""]
+        skipped = result.skipped_reasons()
+        if skipped:
+            lines += ["skipped pairs (all listed in matrix.md):"]
+            lines += [f"  {count} x {reason}" for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1])]
+            lines.append("")
         lines += [f"FAIL {row.name} x {row.profile or '-'}: {failure}"
                   for row in result.rows for failure in row.failures]
         lines.append("verdict: " + ("PASS" if result.passed else "FAIL"))
