@@ -5,7 +5,7 @@ PTQ, accuracy control and sensitive layers kept in float. The fp32 Keras model i
 for a short while with every Conv2D / DepthwiseConv2D / Dense kernel fake-quantized the way
 the int8 runtimes store it (symmetric, per output channel, ``2**(bits-1) - 1`` levels a side)
 and a straight-through estimator for the rounding; the loss is a self-distillation towards the
-fp32 model's own outputs (plus the hard labels), so the model learns weights whose quantized
+fp32 model's own outputs (optionally plus the hard labels), so the model learns weights whose quantized
 version answers like the float one. The format's PTQ then runs again on the fine-tuned weights
 (activation ranges still come from calibration).
 
@@ -46,18 +46,24 @@ class QATConfig:
         per_class: training photos per class (class-balanced subset of ``train``).
         weight_bits: bits of the quantized kernels (8; 7 where the runtime keeps weights in 7
             bits, as OpenVINO's overflow fix does for CPUs without VNNI).
-        alpha: weight of the self-distillation term vs the hard labels.
-        temperature: of the self-distillation term.
+        alpha: weight of the self-distillation term vs the hard labels (1: only "answer like
+            fp32", which is what the budget and the parity tolerances ask).
+        temperature: of the self-distillation term (1: the distribution whose top-1 is judged).
         seed: of the subset and the batch order.
+
+    Measured on the small Grocery CNN (LiteRT int8, `--qat always`): with lr 1e-4, alpha 0.7,
+    T 2 and dropout on, QAT int8 scored 0.415 val top-1 but agreed with fp32 on 0.929 of the
+    photos; with these defaults (no dropout, T 1, alpha 1, lr 3e-5, mirrored photos with their
+    own targets) 0.412 and 0.946.
     """
 
     epochs: int = 2
-    lr: float = 1e-4
+    lr: float = 3e-5
     batch_size: int = 32
     per_class: int = 20
     weight_bits: int = 8
-    alpha: float = 0.7
-    temperature: float = 2.0
+    alpha: float = 1.0
+    temperature: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -153,7 +159,8 @@ def fine_tune(model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_pat
 
     def forward(x: Any, training: bool) -> Any:
         values = [fake_quantize(v, axes[v.path], bits) if v.path in axes else v for v in trainable]
-        outputs, _ = model.stateless_call(values, [v.value for v in non_trainable], x, training=training)
+        # training=False: no dropout either; the objective is exactly "the quantized model answers like fp32".
+        outputs, _ = model.stateless_call(values, [v.value for v in non_trainable], x, training=False)
         return outputs
 
     fq_fn = tf.function(lambda x: forward(tf.cast(x, tf.float32), False), reduce_retracing=True)
@@ -167,11 +174,16 @@ def fine_tune(model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_pat
                                 seed=config.seed)
     rng = np.random.default_rng([config.seed, 3])
 
+    # The only augmentation: a product photo mirrored is still the product. Its target is the
+    # fp32 model's output on the mirrored photo, not on the original.
+    mirrored = _predict(float_fn, np.ascontiguousarray(tensors[:, :, ::-1]))
+
     def sample(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = tensors[idx]
-        flip = rng.random(len(idx)) < 0.5  # the only augmentation: a product photo mirrored is still the product
+        batch, targets = tensors[idx], reference[idx]
+        flip = rng.random(len(idx)) < 0.5
         batch[flip] = batch[flip, :, ::-1]
-        return batch, reference[idx]
+        targets[flip] = mirrored[idx[flip]]
+        return batch, targets
 
     history = train_loop(forward=forward, variables=trainable, sample=sample, labels=np.asarray(labels, np.int32),
                          config=loss_config, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
