@@ -218,7 +218,12 @@ def _with_activation_fake_quant(model: keras.Model, samples: np.ndarray) -> kera
     import keras
     import tensorflow as tf
 
-    stored = [layer for layer in model.layers if _stores_activation(layer, model)]
+    consumers: dict[int, list[Any]] = {}  # layer id -> the layers fed by its output
+    for other in model.layers:
+        for node in other._inbound_nodes:
+            for tensor in node.input_tensors:
+                consumers.setdefault(id(tensor._keras_history.operation), []).append(other)
+    stored = [layer for layer in model.layers if _stores_activation(layer, consumers.get(id(layer), []))]
     if not stored:
         return model
     probe = keras.Model(model.inputs, [layer.output for layer in stored])
@@ -244,7 +249,7 @@ def _with_activation_fake_quant(model: keras.Model, samples: np.ndarray) -> kera
     return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
 
 
-def _stores_activation(layer: Any, model: Any) -> bool:
+def _stores_activation(layer: Any, following: list[Any]) -> bool:
     """Whether an int8 graph keeps this layer's output as an int8 tensor (after fusing Conv+BN+ReLU)."""
     import keras
 
@@ -252,8 +257,6 @@ def _stores_activation(layer: Any, model: Any) -> bool:
                           keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D)):
         return True
     if isinstance(layer, keras.layers.BatchNormalization):
-        following = [other for other in model.layers for node in other._inbound_nodes
-                     for tensor in node.input_tensors if tensor._keras_history.operation is layer]
         return not (len(following) == 1 and isinstance(following[0], (keras.layers.ReLU, keras.layers.Activation)))
     return False
 

@@ -151,7 +151,7 @@ def localize(runtime: Runtime, bundle: Bundle, inputs: np.ndarray, *, fp32: Bund
     reference_feed = _feed(fp32, fp32_inputs)
     diffs: list[LayerDiff] = []
     note = None
-    (name, cand_in), (_, ref_in) = next(iter(candidate_feed.items())), next(iter(reference_feed.items()))
+    cand_in, ref_in = next(iter(candidate_feed.values())), next(iter(reference_feed.values()))
     if cand_in.shape == ref_in.shape:
         diffs.append(_diff(0, INPUT, "Parameter", cand_in, ref_in))
     else:

@@ -219,7 +219,6 @@ def _localize(runtime: Runtime, bundle: Bundle, images: ImageDataset, ref_tensor
             fp32, fp32_inputs = bundle, ref_tensors[chosen]
             how = "its own model fed the reference's preprocessed inputs" + (
                 "" if bundle.manifest.precision is Precision.FP32 else " (its fp32 parent was not found next to it)")
-            fp32_inputs = fp32_inputs.reshape(len(chosen), *fp32_inputs.shape[1:])
         log(f"[parity]   localising on {len(chosen)} photo(s) against {how}")
         return localize(runtime, bundle, inputs, fp32=fp32, fp32_inputs=fp32_inputs, compared_with=how).to_dict()
     except ShelfedgeError as e:

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                            else f"small built-in CNN {name}, {model_info['params']:,} params, "
                                 f"val top-1 {ref_top1:.3f} (run `shelfedge teacher` for the real one)")}
     converted = qp.convert_stage(source_bundle.path, profile, root, out)
-    parity = qp.parity_stage(converted.chosen, source_bundle.path, val, profile, out)
+    parity = qp.parity_stage(converted.chosen, source_bundle.path, val, profile)
     bench = qp.bench_stage(converted.chosen, teacher_bundle, profile, val, out)
     pipeline = qp.summary_rows(teacher, converted, parity, bench, profile)
     pipeline_table = markdown_table(pipeline, ["stage", "result"])

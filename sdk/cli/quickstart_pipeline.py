@@ -35,15 +35,13 @@ def convert_stage(source_bundle: Path, profile: HardwareProfile, data_root: Path
                    ConvertConfig(), log=lambda m: log(f"[convert] {m}"))
 
 
-def parity_stage(bundle: Bundle, reference_bundle: Path, val: ImageDataset, profile: HardwareProfile,
-                 out: Path) -> list[Any]:
+def parity_stage(bundle: Bundle, reference_bundle: Path, val: ImageDataset, profile: HardwareProfile) -> list[Any]:
     """The chosen bundle on the profile's runtime vs the fp32 model it came from (computed now)."""
     from sdk.parity_run import open_reference, run_parity
 
     log(f"[quickstart] parity of {bundle.path.name} against {reference_bundle.name}")
     reference = open_reference(reference_bundle, val, log=lambda m: log(f"[parity] {m}"))
-    results = run_parity([bundle.path], reference, val, profile=profile, log=log)
-    return results
+    return run_parity([bundle.path], reference, val, profile=profile, log=log)
 
 
 def bench_stage(bundle: Bundle, teacher: Bundle, profile: HardwareProfile, val: ImageDataset,
