@@ -1,6 +1,6 @@
 """shelfedge: edge deployment SDK for retail AI (distribution and command: ``shelfedge``)."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 EXTRAS = {
     "litert": ["ai-edge-litert>=2.1"],
@@ -29,10 +29,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["sdk", "sdk.cli", "converters", "runtimes", "demo_app", "hw_profiles"],
+    packages=find_packages(include=["sdk*", "cli*", "converters*", "runtimes*", "demo_app*", "hw_profiles*"]),
     package_data={"hw_profiles": ["*.yaml"]},
     install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "PyYAML>=6.0"],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["shelfedge=sdk.cli:main"]},
+    entry_points={"console_scripts": ["shelfedge=cli:main"]},
     license="Apache-2.0",
 )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,28 +16,53 @@ LABELS = ("apple", "banana", "milk", "yoghurt")
 SIZE = 32
 
 
-def _tiny_model():  # -> keras.Model
+def build_tiny_cnn(
+    *,
+    classes: int = len(LABELS),
+    size: int = SIZE,
+    width: int = 8,
+    pointwise: int | None = None,
+    extra: Callable[[Any], Any] | None = None,
+    seed: int = 7,
+    name: str = "tiny_cnn",
+):  # -> keras.Model
+    """The one tiny CNN of the test suite: conv -> [extra] -> BN -> ReLU -> depthwise -> [pointwise] -> logits.
+
+    Layer names are fixed (``conv``, ``bn``, ``relu``, ``dw``, ``pw``, ``pool``, ``logits``) so tests
+    can name layers. BatchNorm gets non-trivial statistics so exporters really fold it.
+    """
     import keras
 
-    keras.utils.set_random_seed(7)
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv")(inputs)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.ReLU(name="relu")(x)
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name="conv")(inputs)
+    if extra is not None:
+        x = extra(x)
+    bn = keras.layers.BatchNormalization(name="bn")
+    x = keras.layers.ReLU(name="relu")(bn(x))
     x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    if pointwise:
+        x = keras.layers.ReLU(name="relu_dw")(x)
+        x = keras.layers.Conv2D(pointwise, 1, name="pw")(x)
+        x = keras.layers.ReLU(name="relu_pw")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(len(LABELS), name="logits")(x)
-    model = keras.Model(inputs, outputs, name="tiny_cnn")
-    # Non-trivial BN statistics so the exported graphs fold real numbers.
-    bn = model.get_layer("bn")
-    bn.moving_mean.assign(np.linspace(-0.2, 0.2, 8).astype("float32"))
-    bn.moving_variance.assign(np.linspace(0.5, 1.5, 8).astype("float32"))
+    outputs = keras.layers.Dense(classes, name="logits")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    rng = np.random.default_rng(seed + 1)
+    bn.set_weights([rng.uniform(0.5, 1.5, width), rng.normal(0, 0.1, width), rng.normal(0, 0.1, width),
+                    rng.uniform(0.5, 2.0, width)])
     return model
 
 
 @pytest.fixture(scope="session")
+def tiny_cnn() -> Callable[..., Any]:
+    """The builder of the suite's tiny CNN (see :func:`build_tiny_cnn`), for tests that need a variant."""
+    return build_tiny_cnn
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
-    return _tiny_model()
+    return build_tiny_cnn()
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +85,7 @@ def sample_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="session")
 def exported_bundles(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """ModelFormat -> Bundle for tflite, openvino, onnx and keras (exported once)."""
-    from converters.export import export
+    from converters.export.pipeline import export
     from sdk.manifest import Preprocessing
 
     out = tmp_path_factory.mktemp("bundles")

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.convert import ConvertConfig, ModelSource, convert
-from converters.convert_plan import plan
+from converters.convert.pipeline import ConvertConfig, ModelSource, convert
+from converters.convert.plan import plan
 from sdk import synthetic
 from sdk.data import load_split
 from sdk.enums import ModelFormat, Precision
 from sdk.errors import ConfigError
-from sdk.evaluation import evaluate
+from sdk.qa.evaluation import evaluate
 from sdk.manifest import Preprocessing
 from sdk.profiles import load_profile
 
@@ -30,7 +30,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def keras_bundle(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     import keras
 
-    from converters.export import export
+    from converters.export.pipeline import export
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
@@ -105,7 +105,7 @@ def test_convert_succeeds_with_quantization_aware_fine_tuning_as_an_extra_int8(
 
 
 def test_budget_misses_fails_with_parity_task_tier_even_inside_the_point_budget() -> None:
-    from converters.convert import budget_misses
+    from converters.convert.pipeline import budget_misses
 
     the_plan = plan(load_profile("x86-kiosk-cpu"))  # 1 pt budget; int8 parity: ratio 0.99, agreement 0.95
     # 0.6 pt below a 41.5 % fp32 model is 1.4 % relative: inside the budget, outside parity's ratio.

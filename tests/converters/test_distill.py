@@ -13,12 +13,12 @@ import pytest
 
 pytest.importorskip("keras")
 
-from converters import distill as distill_module  # noqa: E402  (after the skip)
-from converters.distill import DistillConfig, distill_for_convert, parse_student_spec  # noqa: E402
-from converters.distill_compare import compare, mcnemar_exact, paired_stats  # noqa: E402
-from converters.distill_data import count_macs  # noqa: E402
-from converters.distill_train import distillation_loss, train_loop  # noqa: E402
-from converters.teacher_data import augment, input_spec  # noqa: E402
+from converters.training import distill as distill_module  # noqa: E402  (after the skip)
+from converters.training.distill import DistillConfig, distill_for_convert, parse_student_spec  # noqa: E402
+from converters.training.distill_compare import compare, mcnemar_exact, paired_stats  # noqa: E402
+from converters.training.distill_data import count_macs  # noqa: E402
+from converters.training.distill_train import distillation_loss, train_loop  # noqa: E402
+from converters.training.teacher_data import augment, input_spec  # noqa: E402
 from sdk import synthetic  # noqa: E402
 from sdk.bundle import Bundle  # noqa: E402
 from sdk.data import load_split  # noqa: E402
@@ -53,7 +53,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from converters.export import export
+    from converters.export.pipeline import export
     from sdk.enums import ModelFormat
 
     classes = load_split(data, "train").class_names

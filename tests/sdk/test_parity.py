@@ -11,7 +11,7 @@ import pytest
 
 from sdk.enums import OutputKind
 from sdk.errors import ConfigError, InputError
-from sdk.parity import (
+from sdk.qa.parity import (
     PSNR_CAP_DB,
     TOLERANCE_METRICS,
     ParityVerdict,

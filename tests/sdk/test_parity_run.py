@@ -12,7 +12,7 @@ import pytest
 
 from sdk import synthetic
 from sdk.bundle import Bundle, write_bundle
-from sdk.cli import main
+from cli import main
 from sdk.enums import ModelFormat
 
 SIZE = 32
@@ -22,7 +22,7 @@ SIZE = 32
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import keras
 
-    from converters.export import export
+    from converters.export.pipeline import export
     from sdk.data import load_split
     from sdk.manifest import Preprocessing
 
@@ -41,7 +41,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _parity(args: list[str]) -> tuple[int, dict]:
-    done = subprocess.run([sys.executable, "-m", "sdk", "parity", *args, "--json"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "cli", "parity", *args, "--json"], capture_output=True,
                           text=True, timeout=300)
     return done.returncode, json.loads(done.stdout)
 

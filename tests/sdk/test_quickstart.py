@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sdk import synthetic
-from sdk.cli import main
+from cli import main
 
 
 def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(tmp_path: Path, capsys) -> None:

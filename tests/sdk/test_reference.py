@@ -14,7 +14,7 @@ import pytest
 
 from sdk.errors import BundleError, ConfigError, InputError, ManifestError, ParityError
 from sdk.manifest import Preprocessing
-from sdk.reference import REFERENCE_JSON, REFERENCE_NPZ, load_reference, save_reference, tensor_sha256
+from sdk.qa.reference import REFERENCE_JSON, REFERENCE_NPZ, load_reference, save_reference, tensor_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = ["apple/1.jpg", "apple/2.jpg", "milk/1.jpg", "milk/2.jpg"]
@@ -53,7 +53,7 @@ def test_reference_succeeds_with_round_trip_in_separate_process(tmp_path: Path) 
         f"""
         import json, numpy as np
         from pathlib import Path
-        from sdk.reference import load_reference, tensor_sha256
+        from sdk.qa.reference import load_reference, tensor_sha256
         base = Path({str(tmp_path)!r})
         ref = load_reference(base / "ref")
         for i, (name, value) in enumerate(ref.outputs.items()):

@@ -1,0 +1,1 @@
+"""Convert: plan per hardware profile -> variants (distil, quantize) -> verify -> choose and publish."""

@@ -1,0 +1,168 @@
+"""Step: turn a converted model file into a bundle (model file(s), labels.txt, manifest.json).
+
+The tensor specs come from the model file itself, read through the runtime adapter that will
+run it (``sdk.runtime.describe_model``), never from what the converter meant to write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from converters.export.source import SourceModel
+from sdk.bundle import Bundle, write_bundle
+from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, OutputKind, Precision, Task
+from sdk.errors import ConfigError, ConversionError, InferenceError
+from sdk.manifest import MANIFEST_NAME, KeptInFloat, Manifest, Preprocessing, Provenance, Step
+from sdk.runtime import describe_model
+from sdk.tensors import TensorSpec
+from sdk.versions import tool_versions
+
+LABELS_FILE = "labels.txt"
+# Files that travel with a model file, by format (same stem, other suffix). Explicit: OpenVINO's
+# reader finds the weights by replacing .xml with .bin.
+COMPANIONS: dict[ModelFormat, tuple[str, ...]] = {ModelFormat.OPENVINO: (".bin",)}
+IMAGE_TASKS = frozenset({Task.IMAGE_CLASSIFICATION, Task.IMAGE_EMBEDDING})
+
+
+def bundle_dir_name(name: str, format: ModelFormat, precision: Precision) -> str:
+    """``<name>-<format>-<precision>``: the directory name of a bundle."""
+    return f"{name}-{format.value}-{precision.value}"
+
+
+def check_bundle_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to write over something that is not a bundle, or over a bundle unless asked.
+
+    Raises:
+        ConfigError: ``out_dir`` is a file, a non-empty directory without a manifest, or a
+            bundle while ``overwrite`` is false.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is a file; choose another output directory")
+    if (out_dir / MANIFEST_NAME).is_file():
+        if not overwrite:
+            raise ConfigError(f"{out_dir}: already holds a bundle; remove it or pass overwrite=True")
+        return
+    if any(out_dir.iterdir()):
+        # Only a directory holding a manifest is ever deleted: never someone else's files.
+        raise ConfigError(f"{out_dir}: exists, is not empty and is not a bundle; choose another directory")
+
+
+def package(
+    model_file: Path,
+    *,
+    out_dir: Path,
+    format: ModelFormat,
+    precision: Precision,
+    task: Task,
+    output_kind: OutputKind,
+    preprocessing: Preprocessing | None,
+    labels: Sequence[str],
+    source: SourceModel,
+    steps: Sequence[Step],
+    name: str,
+    parent: str | None = None,
+    kept_in_float: Sequence[KeptInFloat] = (),
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    move: bool = False,
+    overwrite: bool = True,
+) -> Bundle:
+    """Write a verified bundle directory for ``model_file``.
+
+    The bundle is assembled in a hidden sibling directory and renamed into place, so a
+    failure never leaves a half-written ``out_dir``.
+
+    Args:
+        model_file: the converted model (OpenVINO: the .xml, with the .bin beside it).
+        out_dir: the bundle directory to create.
+        format, precision: what the model file is.
+        task, output_kind, preprocessing, labels: how the model is used; labels (one per
+            output class, in output order) go to ``labels.txt``.
+        source: the source model, the root of the lineage.
+        steps: every step that led to ``model_file``, in order.
+        name: the bundle's name.
+        parent: the bundle this one was derived from (a quantized bundle's fp32 bundle).
+        kept_in_float: layers accuracy control left in higher precision, and why.
+        metrics: measured results to record, keyed by hardware profile id (or "host").
+        move: move the model file(s) instead of copying (for files in a step's work dir).
+        overwrite: replace an existing bundle at ``out_dir`` (never a directory that is not one).
+
+    Returns:
+        The bundle, reopened from ``out_dir`` with every hash checked.
+
+    Raises:
+        ConfigError: ``out_dir`` is taken (see ``check_bundle_target``).
+        ConversionError: a model file is missing or the adapter cannot read it.
+        BackendUnavailableError: the format's runtime is not installed.
+        ManifestError: the labels do not match the model's output.
+    """
+    model_file, out_dir = Path(model_file), Path(out_dir)
+    check_bundle_target(out_dir, overwrite)
+    files = [model_file, *(model_file.with_suffix(s) for s in COMPANIONS.get(format, ()))]
+    for file in files:
+        if not file.is_file():
+            raise ConversionError(f"package: {file} does not exist; run the {format.value} export step first")
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for file in files:
+            (shutil.move if move else shutil.copy2)(file, staging / file.name)
+        if labels:
+            (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        inputs, outputs = _describe(format, staging / model_file.name, task)
+        manifest = Manifest(
+            name=name,
+            task=task,
+            format=format,
+            precision=precision,
+            model_file=model_file.name,
+            inputs=inputs,
+            outputs=outputs,
+            output_kind=output_kind,
+            preprocessing=preprocessing,
+            labels_file=LABELS_FILE if labels else None,
+            provenance=Provenance(
+                source=source.description,
+                source_sha256=source.sha256,
+                created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                steps=tuple(steps),
+                tool_versions=tool_versions(),
+                parent=parent,
+            ),
+            # write_bundle hashes every file named here; the values are placeholders.
+            files={p.name: "" for p in sorted(staging.iterdir())},
+            kept_in_float=tuple(kept_in_float),
+            metrics=dict(metrics or {}),
+        )
+        write_bundle(staging, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Bundle.open(out_dir)
+
+
+def _describe(format: ModelFormat, model_file: Path, task: Task) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    runtime = RUNTIMES_FOR_FORMAT[format][0]
+    try:
+        inputs, outputs = describe_model(runtime, model_file)
+    except InferenceError as e:
+        raise ConversionError(
+            f"package: the {runtime.value} adapter cannot read {model_file.name}: {e}; the export step "
+            "wrote a model its runtime cannot load"
+        ) from e
+    if task in IMAGE_TASKS:
+        # Keras image models are channels-last; the adapter only guesses from the shape.
+        inputs = [dataclasses.replace(s, layout=Layout.NHWC) if len(s.shape) == 4 else s for s in inputs]
+    return tuple(inputs), tuple(outputs)

@@ -1,0 +1,1 @@
+"""Training: the reference teacher, knowledge distillation into students, quantization-aware fine-tuning."""

@@ -1,0 +1,206 @@
+"""Benchmark reports: the schema-versioned JSON document, the Markdown report, the plots and
+the HTML page that puts them together (``out/bench.json``, ``bench.md``, ``*.png``,
+``report.html``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sdk.qa import report_plots
+from sdk.qa.bench import BenchConfig
+from sdk.qa.bench_result import SUMMARY_COLUMNS, BenchResult, Comparison
+from sdk.errors import BackendUnavailableError
+from sdk.qa.tables import markdown_table
+from sdk.versions import host_info, tool_versions
+
+SCHEMA_VERSION = 1
+OVERHEAD_LIMIT = 1.1  # issue 4: an adapter within 1.1x of a bare loop over the backend's API
+
+
+def summary_table(results: Sequence[BenchResult], comparisons: Sequence[Comparison | None] = (),
+                  baseline: BenchResult | None = None) -> str:
+    """The one-line-per-result table printed at the end of ``shelfedge bench``; with a
+    baseline, a last column gives each result's inference speed-up over it."""
+    rows, columns = [r.summary_row() for r in results], list(SUMMARY_COLUMNS)
+    if baseline is not None:
+        columns.append("speed-up vs baseline")
+        for row, result, comparison in zip(rows, results, [*comparisons, *[None] * len(results)]):
+            text = f"{comparison.infer_p50_speedup:.2f}x" if comparison else None
+            row["speed-up vs baseline"] = "baseline" if result is baseline else text
+    return markdown_table(rows, columns)
+
+
+def bench_document(
+    results: Sequence[BenchResult],
+    *,
+    config: BenchConfig,
+    images: Mapping[str, Any],
+    baseline: BenchResult | None = None,
+    comparisons: Sequence[Comparison | None] = (),
+) -> dict[str, Any]:
+    """The ``bench.json`` document: schema_version, host, versions, config, images, results
+    (each with its comparison against the baseline, when there is one)."""
+    settings = dataclasses.asdict(config)
+    settings["images"] = len(config.images) or "generated"
+    settings["labels"] = config.labels is not None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "shelfedge.bench",
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host": {**host_info(), "threads_requested": config.threads},
+        "versions": tool_versions(),
+        "config": settings,
+        "images": dict(images),
+        "baseline": baseline.label if baseline else None,  # a result in "results" too
+        "results": [
+            {**r.to_dict(), "comparison": c.to_dict() if c else None}
+            for r, c in zip(results, [*comparisons, *[None] * (len(results) - len(comparisons))])
+        ],
+    }
+
+
+def write_plots(results: Sequence[BenchResult], out_dir: Path) -> list[Path]:
+    """latency.png, e2e_stages.png, throughput.png and accuracy.png (when accuracy is known).
+
+    Raises:
+        BackendUnavailableError: matplotlib is not installed.
+    """
+    labels = {id(r): f"{r.name} / {r.runtime}" for r in results}
+    written = [report_plots.latency_distribution(
+        {labels[id(r)]: r.inference_samples_ms for r in results}, out_dir / "latency.png",
+        title="Inference-only latency (batch 1)")]
+    with_e2e = [r for r in results if r.end_to_end]
+    if with_e2e:
+        written.append(report_plots.stage_split({
+            labels[id(r)]: {"decode": r.end_to_end.decode_ms, "preprocess": r.end_to_end.preprocess_ms,
+                            "inference": r.end_to_end.inference_ms, "postprocess": r.end_to_end.postprocess_ms}
+            for r in with_e2e}, out_dir / "e2e_stages.png"))
+    sync = {labels[id(r)]: [(p.batch, p.images_per_s) for p in r.throughput if p.mode == "sync"] for r in results}
+    extra = {labels[id(r)]: (p.batch, p.images_per_s) for r in results for p in r.throughput if p.mode == "async"}
+    written.append(report_plots.throughput_vs_batch(sync, out_dir / "throughput.png", extra_points=extra))
+    points = [{"label": labels[id(r)], "runtime": r.runtime, "precision": r.session.get("precision"),
+               "latency_ms": r.inference.p50_ms, "accuracy": r.end_to_end.accuracy if r.end_to_end else None}
+              for r in results]
+    accuracy = report_plots.latency_vs_accuracy(points, out_dir / "accuracy.png",
+                                                title="Latency vs top-1 on the bench images")
+    return written + ([accuracy] if accuracy else [])
+
+
+def bench_markdown(document: Mapping[str, Any], results: Sequence[BenchResult],
+                   comparisons: Sequence[Comparison | None], plots: Sequence[Path],
+                   baseline: BenchResult | None = None) -> str:
+    """The Markdown report: summary, end-to-end split, throughput, overhead, cold start and
+    memory, budgets, baseline comparison, plots."""
+    host, images = document["host"], document["images"]
+    parts = [
+        "# shelfedge bench",
+        f"Host: {host['cpu']}, {host['logical_cores']} logical cores, {host['os']}. "
+        f"Threads: {host['threads_requested'] or 'each runtime default'}. "
+        f"Images: {images.get('count')} {images.get('origin')} ({images.get('source')}). {document['created_utc']}.",
+        summary_table(results, comparisons, baseline),
+        "\n".join([
+            "- `infer`: `Model.run` on a preprocessed batch-1 tensor after warm-up; `p50 ±%`: half the 95 % CI "
+            "of the median (how stable it is).",
+            "- `e2e`: `ImageClassifier.classify` on JPEG bytes in memory (decode, preprocess, inference, "
+            "softmax + top-k). In the stage split, decode is timed on its own and preprocess is the classifier's "
+            "decode + preprocess stage minus it, so the two are approximate; the other stages are the classifier's.",
+            "- `img/s`: the best of the batch sizes (and OpenVINO async requests); `cold start`: `sdk.load` + first "
+            "inference in a fresh process, median of runs; `peak MB`: peak RSS over the same process's baseline "
+            "before the runtime was imported.",
+            "- `adapter/bare`: the adapter against a bare loop over the runtime's own API on the same model, timed "
+            f"in alternating blocks (median of block ratios); the promise is <= {OVERHEAD_LIMIT}.",
+        ]),
+        "## Sessions (what actually ran)",
+        markdown_table([_session_row(r) for r in results]),
+    ]
+    e2e = [{**_who(r), "decode ms": r.end_to_end.decode_ms, "preprocess ms": r.end_to_end.preprocess_ms,
+            "inference ms": r.end_to_end.inference_ms, "postprocess ms": r.end_to_end.postprocess_ms,
+            "e2e p50 ms": r.end_to_end.latency.p50_ms, "e2e p95 ms": r.end_to_end.latency.p95_ms,
+            "infer-only p50 ms": r.inference.p50_ms,
+            "top-1 on bench images": r.end_to_end.accuracy} for r in results if r.end_to_end]
+    if e2e:
+        parts += ["## End to end vs inference only (medians per stage)", markdown_table(e2e)]
+    throughput = [{**_who(r), "mode": p.mode, "batch": p.batch, "requests": p.requests,
+                   "img/s": round(p.images_per_s, 1)} for r in results for p in r.throughput]
+    parts += ["## Throughput", markdown_table(throughput)]
+    overhead = [{**_who(r), "bare loop": r.overhead.bare_api, "adapter p50 ms": r.overhead.adapter_p50_ms,
+                 "bare p50 ms": r.overhead.bare_p50_ms, "ratio": round(r.overhead.ratio, 3),
+                 "pooled ratio": round(r.overhead.pooled_ratio, 3),
+                 "block ratios p25-p75": f"{r.overhead.block_ratio_p25:.3f}-{r.overhead.block_ratio_p75:.3f}",
+                 "same outputs (max abs diff)": r.overhead.max_abs_diff,
+                 f"<= {OVERHEAD_LIMIT}x": r.overhead.ratio <= OVERHEAD_LIMIT} for r in results if r.overhead]
+    if overhead:
+        parts += ["## Adapter overhead (interleaved with a bare loop)", markdown_table(overhead)]
+    fresh = [{**_who(r),
+              "import ms": r.cold_start.import_ms if r.cold_start else None,
+              "load ms": r.cold_start.load_ms if r.cold_start else None,
+              "first inference ms": r.cold_start.first_inference_ms if r.cold_start else None,
+              "cold start ms": r.cold_start.cold_start_ms if r.cold_start else None,
+              "runs": len(r.cold_start.runs) if r.cold_start else None,
+              "baseline RSS MB": r.memory.baseline_rss_mb if r.memory else None,
+              "peak RSS MB": r.memory.peak_rss_mb if r.memory else None,
+              "peak - baseline MB": r.memory.delta_mb if r.memory else None,
+              "method": r.memory.method if r.memory else None} for r in results if r.cold_start or r.memory]
+    if fresh:
+        parts += ["## Cold start and peak memory (fresh process per run)", markdown_table(fresh)]
+    budgets = [{**_who(r), "profile": r.profile_id, "budget": c.budget, "observed": c.observed,
+                "allowed": c.allowed, "verdict": {True: "pass", False: "FAIL", None: "not measured"}[c.passed],
+                "note": c.note} for r in results for c in r.budgets]
+    if budgets:
+        parts += ["## Budgets", markdown_table(budgets)]
+    compared = [{**_who(r), **{k: v for k, v in c.to_dict().items()}} for r, c in zip(results, comparisons) if c]
+    if compared:
+        parts += ["## Against the baseline (same host, same run)", markdown_table(compared)]
+    notes = [f"- {r.name} on {r.runtime}: {n}" for r in results for n in r.notes]
+    if notes:
+        parts += ["## Notes", "\n".join(notes)]
+    if plots:
+        parts += ["## Plots", *[f"![{p.stem}]({p.name})" for p in plots]]
+    versions = ", ".join(f"{k} {v}" for k, v in document["versions"].items())
+    parts.append(f"Tool versions: {versions}. Schema version {document['schema_version']}.")
+    return "\n\n".join(parts) + "\n"
+
+
+def _session_row(result: BenchResult) -> dict[str, Any]:
+    session = result.session
+    return {**_who(result), "version": session.get("runtime_version"), "backend": session.get("backend"),
+            "requested": session.get("requested_device"), "actual device": session.get("actual_device"),
+            "accelerator": session.get("actual_accelerator"), "precision": session.get("precision"),
+            "threads": session.get("threads") or "default", "fell back": session.get("fell_back"),
+            "profile": result.profile_id}
+
+
+def _who(result: BenchResult) -> dict[str, Any]:
+    return {"bundle": result.name, "runtime": result.runtime}
+
+
+def write_report(out_dir: Path, document: Mapping[str, Any], results: Sequence[BenchResult],
+                 comparisons: Sequence[Comparison | None], *, baseline: BenchResult | None = None,
+                 plots: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Write bench.json, the PNGs (when matplotlib is installed), bench.md and report.html.
+
+    ``results`` may include ``baseline`` (it is then marked in the tables) and ``comparisons``
+    line up with ``results``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"json": out_dir / "bench.json"}
+    written["json"].write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+    pngs: list[Path] = []
+    if plots:
+        try:
+            pngs = write_plots(results, out_dir)
+        except BackendUnavailableError as e:
+            if log:
+                log(f"[report] no plots: {e}")
+    markdown = bench_markdown(document, results, comparisons, pngs, baseline)
+    written["markdown"] = out_dir / "bench.md"
+    written["markdown"].write_text(markdown, encoding="utf-8")
+    written["html"] = report_plots.html_page("shelfedge bench", markdown, out_dir / "report.html")
+    written.update({p.stem: p for p in pngs})
+    return written
