@@ -45,10 +45,16 @@ def test_image_classifier_succeeds_with_same_top1_on_every_runtime(
         one = classifier.classify(sample_images[0], top_k=2)
     spec = bundle.manifest.inputs[0]
     batch = np.concatenate([pp.load_and_preprocess(p, bundle.manifest.preprocessing, spec) for p in sample_images])
-    expected = np.asarray(tiny_model(batch, training=False)).argmax(1)
+    expected_logits = np.asarray(tiny_model(batch, training=False))
+    expected = expected_logits.argmax(1)
     assert [r.top1.index for r in results] == expected.tolist()
     assert one.top1.index == expected[0] and len(one.categories) == 2
     assert one.top1.label == bundle.labels[one.top1.index]
-    assert abs(sum(c.score for c in results[0].categories) - 1.0) < 1.0  # softmax scores
+    # Scores are the softmax of the model's logits, in descending order.
+    probs = np.exp(expected_logits - expected_logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    for result, row in zip(results, probs, strict=True):
+        assert [c.index for c in result.categories] == np.argsort(-row)[:3].tolist()
+        assert np.allclose([c.score for c in result.categories], np.sort(row)[::-1][:3], atol=1e-4)
     assert one.timings.inference_ms > 0 and one.timings.preprocess_ms > 0
     assert one.ran.runtime.value == runtime.value
