@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sdk.enums import FallbackPolicy, Layout
-from sdk.errors import BackendUnavailableError, InferenceError, ManifestError
+from sdk.errors import BackendUnavailableError, ConfigError, InferenceError, ManifestError
 from sdk.runtime import SessionOptions
 from sdk.tensors import Quantization, TensorSpec
 
@@ -164,3 +164,16 @@ def accelerator_unavailable(
             raise error from cause
         raise error
     return problem
+
+
+def require_single_input(count: int, model_path: Path) -> None:
+    """Bare loops feed one image tensor: refuse a model with another number of inputs.
+
+    Raises:
+        ConfigError: naming the model, its input count and how to benchmark it anyway.
+    """
+    if count != 1:
+        raise ConfigError(
+            f"{model_path} has {count} inputs; the bare-loop overhead check feeds one image tensor: "
+            f"benchmark it with overhead disabled (BenchConfig(bare_loop=False))"
+        )

@@ -25,11 +25,12 @@ from runtimes._common import (
     load_failed,
     make_spec,
     require_file,
+    require_single_input,
     with_dynamic_batch,
 )
 from sdk.enums import Device, Precision, Runtime
 from sdk.errors import InferenceError
-from sdk.runtime import BaseSession, SessionInfo, SessionOptions
+from sdk.runtime import BareStep, BaseSession, Session, SessionInfo, SessionOptions
 from sdk.tensors import Quantization, TensorSpec
 
 _NAME = "litert"
@@ -155,7 +156,7 @@ def open_session(
     in_index = {s.name: i for s, i in model_inputs}
     out_index = {s.name: i for s, i in model_outputs}
     precision = _precision(interpreter, [s for s, _ in model_inputs], tensor_details)
-    accelerator = Path(ro.delegate).name if delegates else "XNNPACK"
+    accelerator = Path(ro.delegate).name if delegates and ro.delegate else "XNNPACK"
     info = SessionInfo(
         runtime=Runtime.LITERT,
         runtime_version=backend.version,
@@ -176,6 +177,33 @@ def open_session(
     return LiteRTSession(
         interpreter, feeds, fetches, with_dynamic_batch(inputs), with_dynamic_batch(outputs), info
     )
+
+
+def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
+    """A loop over ``set_tensor`` / ``invoke`` / ``get_tensor`` of a fresh interpreter from the
+    same package, with the same threads, as ``session``.
+
+    Raises:
+        ConfigError: the model has more than one input.
+        InferenceError: the model cannot be loaded.
+    """
+    info = session.info
+    interpreter = _load(Path(model_path), [], info.threads)
+    inputs = interpreter.get_input_details()
+    require_single_input(len(inputs), Path(model_path))
+    index = inputs[0]["index"]
+    if tuple(inputs[0]["shape"]) != example.shape:
+        interpreter.resize_tensor_input(index, example.shape, strict=False)
+        interpreter.allocate_tensors()
+    out_indices = [d["index"] for d in interpreter.get_output_details()]
+    set_tensor, invoke, get_tensor = interpreter.set_tensor, interpreter.invoke, interpreter.get_tensor
+
+    def step(x: np.ndarray) -> list[np.ndarray]:
+        set_tensor(index, x)
+        invoke()
+        return [get_tensor(i) for i in out_indices]
+
+    return f"{info.backend} Interpreter set_tensor/invoke/get_tensor", step
 
 
 class LiteRTSession(BaseSession):

@@ -19,10 +19,11 @@ from runtimes._common import (
     load_failed,
     make_spec,
     require_file,
+    require_single_input,
 )
 from sdk.enums import Device, FallbackPolicy, Precision, Runtime
 from sdk.errors import InferenceError
-from sdk.runtime import BaseSession, SessionInfo, SessionOptions
+from sdk.runtime import BareStep, BaseSession, LayerOutput, Session, SessionInfo, SessionOptions
 from sdk.tensors import TensorSpec
 
 _NAME = "onnxruntime"
@@ -166,9 +167,33 @@ def open_session(
                  "cpu_fallback_disabled": cpu_fallback_disabled,
                  "precision_source": precision_source, "model": str(model_path)},
     )
-    feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs)]
-    fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs)]
+    feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs, strict=True)]
+    fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs, strict=True)]
     return OnnxRuntimeSession(session, feeds, fetches, inputs, outputs, info)
+
+
+def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
+    """A loop over ``InferenceSession.run`` of a fresh session with the providers and threads
+    ``session`` ended up with.
+
+    Raises:
+        ConfigError: the model has more than one input.
+        InferenceError: the model cannot be loaded.
+    """
+    info = session.info
+    session_options = _ort().SessionOptions()
+    if info.threads:
+        session_options.intra_op_num_threads = int(info.threads)
+    providers = list(info.details.get("providers") or [_CPU])
+    bare = _load(Path(model_path), providers, session_options)
+    require_single_input(len(bare.get_inputs()), Path(model_path))
+    name = bare.get_inputs()[0].name
+    run = bare.run
+
+    def step(x: np.ndarray) -> list[np.ndarray]:
+        return list(run(None, {name: x}))
+
+    return "onnxruntime InferenceSession.run", step
 
 
 class OnnxRuntimeSession(BaseSession):
@@ -297,7 +322,7 @@ _NOT_LAYERS = frozenset({"QuantizeLinear", "DequantizeLinear", "Shape", "Constan
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[LayerOutput]:
     """Every float activation of the graph on ``feed``: (tensor name, op type, value), in graph order.
 
     For localising a parity failure: the model's node outputs are added as graph outputs and

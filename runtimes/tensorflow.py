@@ -20,10 +20,11 @@ from runtimes._common import (
     load_failed,
     make_spec,
     require_file,
+    require_single_input,
 )
 from sdk.enums import Device, Precision, Runtime
 from sdk.errors import BackendUnavailableError, InferenceError
-from sdk.runtime import BaseSession, SessionInfo, SessionOptions
+from sdk.runtime import BareStep, BaseSession, Session, SessionInfo, SessionOptions
 from sdk.tensors import TensorSpec
 
 _NAME = "tensorflow"
@@ -127,6 +128,45 @@ def open_session(
     return TensorFlowSession(loaded, function, device, feeds, fetches, inputs, outputs, info)
 
 
+def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
+    """A loop over the model's own TensorFlow call on the device ``session`` ran on: the
+    SavedModel's ``serving_default`` signature, or a concrete function of the Keras model.
+
+    Raises:
+        ConfigError: the model has more than one input.
+        BackendUnavailableError: keras is missing for a Keras file.
+        InferenceError: the model cannot be loaded.
+    """
+    tf = _tf()
+    device = session.info.actual_accelerator or "/CPU:0"
+    loaded = _load(Path(model_path))
+    require_single_input(len(loaded.inputs), Path(model_path))
+    if loaded.kind == "savedmodel":
+        signature = loaded.obj.signatures[_SIGNATURE]
+        name = loaded.inputs[0].name
+
+        def call(x: Any) -> list[Any]:
+            return list(signature(**{name: x}).values())
+
+        description = "tensorflow SavedModel serving_default signature"
+    else:
+        model = loaded.obj
+        spec = tf.TensorSpec([None, *example.shape[1:]], example.dtype)
+        concrete = tf.function(lambda t: model(t, training=False)).get_concrete_function(spec)
+
+        def call(x: Any) -> list[Any]:
+            result = concrete(x)
+            return list(result.values()) if isinstance(result, dict) else list(tf.nest.flatten(result))
+
+        description = "tensorflow concrete function of the Keras model"
+
+    def step(x: np.ndarray) -> list[np.ndarray]:
+        with tf.device(device):
+            return [t.numpy() for t in call(tf.convert_to_tensor(x))]
+
+    return description, step
+
+
 class TensorFlowSession(BaseSession):
     """Calls a traced concrete function (no Keras ``__call__`` overhead, no retracing)."""
 
@@ -143,7 +183,7 @@ class TensorFlowSession(BaseSession):
     ) -> None:
         super().__init__(inputs, outputs, info)
         self._tf = _tf()
-        self._loaded = loaded  # a SavedModel's variables live only as long as this object
+        self._loaded: _Loaded | None = loaded  # a SavedModel's variables live only as long as this object
         self._function = function
         self._device = device
         self._feeds = feeds
@@ -157,7 +197,8 @@ class TensorFlowSession(BaseSession):
         return {given: result[model].numpy() for given, model in self._fetches}
 
     def _close(self) -> None:
-        self._function = self._loaded = None
+        self._function = None
+        self._loaded = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,33 +2,59 @@
 
 An adapter module in ``runtimes/`` exposes ``require_backend()`` (raises ImportError when
 its library is missing), ``backend_info() -> dict``, ``describe(model_path) -> (inputs,
-outputs)`` and ``open_session(model_path, inputs, outputs, options) -> BaseSession``. ``sdk`` never imports an adapter at
-module load: the table below names modules, imported on first use, so a missing
-backend fails only when it is asked for, with the extra to install.
+outputs)`` and ``open_session(model_path, inputs, outputs, options) -> BaseSession``.
+Abilities only some backends have are optional capabilities (:class:`Capability`), each a
+small protocol the adapter module implements (:class:`BareLoopAdapter`,
+:class:`LayerOutputsAdapter`, :class:`AsyncAdapter`) and listed on its entry in the one
+table, :data:`ADAPTERS`. ``sdk`` never imports an adapter at module load: the table names
+modules, imported on first use, so a missing backend fails only when it is asked for, with
+the extra to install.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
 from sdk.enums import Device, FallbackPolicy, Precision, Runtime
-from sdk.errors import BackendUnavailableError, InferenceError
+from sdk.errors import BackendUnavailableError, ConfigError, InferenceError
 from sdk.profiles import RuntimeOptions
 from sdk.tensors import TensorSpec, check_feed
 
-# runtime -> (adapter module, pip extra that installs its backend)
-ADAPTERS: dict[Runtime, tuple[str, str]] = {
-    Runtime.LITERT: ("runtimes.litert", "litert"),
-    Runtime.OPENVINO: ("runtimes.openvino", "openvino"),
-    Runtime.ONNXRUNTIME: ("runtimes.onnxruntime", "onnx"),
-    Runtime.TENSORFLOW: ("runtimes.tensorflow", "tf"),
+
+class Capability(str, enum.Enum):
+    """An optional ability of an adapter, beyond the core contract every adapter keeps."""
+
+    BARE_LOOP = "bare_loop"  # a loop over the backend's own API, for the adapter-overhead check
+    LAYER_OUTPUTS = "layer_outputs"  # every intermediate activation, for localising a parity failure
+    ASYNC_REQUESTS = "async_requests"  # parallel infer requests, for throughput
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdapterEntry:
+    """One row of the adapter table: where the adapter lives and what it can do."""
+
+    module: str  # imported on first use only
+    extra: str  # the pip extra that installs its backend
+    capabilities: frozenset[Capability] = frozenset()
+
+
+ADAPTERS: dict[Runtime, AdapterEntry] = {
+    Runtime.LITERT: AdapterEntry(module="runtimes.litert", extra="litert", capabilities=frozenset({
+        Capability.BARE_LOOP})),
+    Runtime.OPENVINO: AdapterEntry(module="runtimes.openvino", extra="openvino", capabilities=frozenset({
+        Capability.BARE_LOOP, Capability.LAYER_OUTPUTS, Capability.ASYNC_REQUESTS})),
+    Runtime.ONNXRUNTIME: AdapterEntry(module="runtimes.onnxruntime", extra="onnx", capabilities=frozenset({
+        Capability.BARE_LOOP, Capability.LAYER_OUTPUTS})),
+    Runtime.TENSORFLOW: AdapterEntry(module="runtimes.tensorflow", extra="tf", capabilities=frozenset({
+        Capability.BARE_LOOP})),
 }
 
 
@@ -81,9 +107,68 @@ class Session(Protocol):
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> "Session": ...
+    def __enter__(self) -> Session: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+# One step of a bare loop: the model on one input tensor, through the backend's own API.
+BareStep = Callable[[np.ndarray], list[np.ndarray]]
+# (layer name, op type, value) for every activation, in the model's topological order.
+LayerOutput = tuple[str, str, np.ndarray]
+
+
+@runtime_checkable
+class AsyncSession(Session, Protocol):
+    """A session that keeps several infer requests in flight (:attr:`Capability.ASYNC_REQUESTS`)."""
+
+    @property
+    def async_requests(self) -> int:
+        """How many requests ``run_async`` keeps in flight."""
+        ...
+
+    def run_async(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]: ...
+
+
+@runtime_checkable
+class BareLoopAdapter(Protocol):
+    """An adapter module that can build a bare loop (:attr:`Capability.BARE_LOOP`)."""
+
+    def bare_step(self, session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
+        """(what it calls, step): ``step(x)`` runs ``model_path`` with the backend's own API and
+        the settings ``session`` was opened with, prepared for inputs shaped like ``example``."""
+        ...
+
+
+@runtime_checkable
+class LayerOutputsAdapter(Protocol):
+    """An adapter module that exposes every activation (:attr:`Capability.LAYER_OUTPUTS`)."""
+
+    def layer_outputs(self, model_path: Path, feed: Mapping[str, np.ndarray]) -> list[LayerOutput]: ...
+
+
+@runtime_checkable
+class AsyncAdapter(Protocol):
+    """An adapter module with throughput sessions (:attr:`Capability.ASYNC_REQUESTS`)."""
+
+    def open_async_session(
+        self,
+        model_path: Path,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        options: SessionOptions,
+        *,
+        requests: int | None,
+    ) -> AsyncSession:
+        """A session tuned for throughput with ``requests`` in flight (None: the backend's optimum)."""
+        ...
+
+
+_PROTOCOLS: dict[Capability, type] = {
+    Capability.BARE_LOOP: BareLoopAdapter,
+    Capability.LAYER_OUTPUTS: LayerOutputsAdapter,
+    Capability.ASYNC_REQUESTS: AsyncAdapter,
+}
 
 
 class BaseSession:
@@ -136,7 +221,7 @@ class BaseSession:
             self._closed = True
             self._close()
 
-    def __enter__(self) -> "BaseSession":
+    def __enter__(self) -> BaseSession:
         return self
 
     def __exit__(
@@ -161,16 +246,79 @@ def adapter_module(runtime: Runtime) -> ModuleType:
         BackendUnavailableError: the adapter or its backend library is not installed,
             naming the pip extra that installs it.
     """
-    module_name, extra = ADAPTERS[runtime]
+    entry = ADAPTERS[runtime]
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(entry.module)
         module.require_backend()
     except ImportError as e:
         raise BackendUnavailableError(
             f"runtime {runtime.value!r} is not available: {e}; "
-            f"install it with: pip install 'shelfedge[{extra}]'"
+            f"install it with: pip install 'shelfedge[{entry.extra}]'"
         ) from e
     return module
+
+
+def supports(runtime: Runtime, capability: Capability) -> bool:
+    """Whether the table lists ``capability`` for ``runtime`` (imports nothing)."""
+    return capability in ADAPTERS[runtime].capabilities
+
+
+def runtimes_with(capability: Capability) -> list[Runtime]:
+    """The runtimes whose table entry lists ``capability``, in table order."""
+    return [runtime for runtime, entry in ADAPTERS.items() if capability in entry.capabilities]
+
+
+def capability_adapter(runtime: Runtime, capability: Capability) -> ModuleType:
+    """The adapter module of ``runtime``, checked to implement ``capability``'s protocol.
+
+    Raises:
+        ConfigError: the table does not list ``capability`` for ``runtime``, naming those that have it.
+        BackendUnavailableError: the backend is missing, naming the pip extra that installs it.
+    """
+    if not supports(runtime, capability):
+        having = ", ".join(r.value for r in runtimes_with(capability)) or "none"
+        raise ConfigError(
+            f"runtime {runtime.value!r} has no {capability.value} capability (runtimes that have it: {having}); "
+            f"use one of those runtimes"
+        )
+    module = adapter_module(runtime)
+    if not isinstance(module, _PROTOCOLS[capability]):
+        # The table and the module disagree: a bug in shelfedge, not in the caller's setup.
+        raise ConfigError(
+            f"adapter {module.__name__} is listed with {capability.value} but does not implement "
+            f"{_PROTOCOLS[capability].__name__}; fix the table in sdk/runtime.py or the adapter"
+        )
+    return module
+
+
+def bare_loop_adapter(runtime: Runtime) -> BareLoopAdapter:
+    """The adapter of ``runtime`` as a :class:`BareLoopAdapter` (see :func:`capability_adapter`).
+
+    Raises:
+        ConfigError: ``runtime`` has no bare loop.
+        BackendUnavailableError: the backend is missing.
+    """
+    return cast(BareLoopAdapter, capability_adapter(runtime, Capability.BARE_LOOP))
+
+
+def layer_outputs_adapter(runtime: Runtime) -> LayerOutputsAdapter:
+    """The adapter of ``runtime`` as a :class:`LayerOutputsAdapter` (see :func:`capability_adapter`).
+
+    Raises:
+        ConfigError: ``runtime`` cannot expose intermediate activations.
+        BackendUnavailableError: the backend is missing.
+    """
+    return cast(LayerOutputsAdapter, capability_adapter(runtime, Capability.LAYER_OUTPUTS))
+
+
+def async_adapter(runtime: Runtime) -> AsyncAdapter:
+    """The adapter of ``runtime`` as an :class:`AsyncAdapter` (see :func:`capability_adapter`).
+
+    Raises:
+        ConfigError: ``runtime`` has no async requests.
+        BackendUnavailableError: the backend is missing.
+    """
+    return cast(AsyncAdapter, capability_adapter(runtime, Capability.ASYNC_REQUESTS))
 
 
 def open_session(
@@ -204,9 +352,9 @@ def describe_model(runtime: Runtime, model_path: Path) -> tuple[list[TensorSpec]
 def available_runtimes() -> dict[Runtime, dict[str, Any]]:
     """Backend info for every runtime whose backend imports; absent ones map to their error."""
     result: dict[Runtime, dict[str, Any]] = {}
-    for runtime, (_, extra) in ADAPTERS.items():
+    for runtime, entry in ADAPTERS.items():
         try:
             result[runtime] = {"available": True, **adapter_module(runtime).backend_info()}
         except BackendUnavailableError as e:
-            result[runtime] = {"available": False, "error": str(e), "extra": extra}
+            result[runtime] = {"available": False, "error": str(e), "extra": entry.extra}
     return result

@@ -7,10 +7,10 @@ Per bundle x runtime:
   ``min_time_s`` and ``repeats`` calls (:mod:`sdk.qa.bench_stats` for the statistics);
 - end to end: ``ImageClassifier.classify`` on encoded images held in memory (decode +
   preprocess + inference + softmax/top-k: exactly what apps run, no disk), with the stage split;
-- throughput: ``run`` on batches, and for OpenVINO parallel infer requests (``run_async``
-  under the THROUGHPUT hint);
+- throughput: ``run`` on batches, and parallel infer requests (``run_async``) on runtimes
+  with :attr:`sdk.runtime.Capability.ASYNC_REQUESTS` (OpenVINO);
 - overhead: the adapter against a bare loop over the backend's own API, interleaved
-  (:mod:`sdk.qa.bench_bare`);
+  (:mod:`sdk.qa.bench_bare`, on runtimes with :attr:`sdk.runtime.Capability.BARE_LOOP`);
 - cold start and peak memory in fresh processes (:mod:`sdk.qa.bench_worker`);
 - bundle size and the profile's budgets (:mod:`sdk.qa.bench_result`).
 
@@ -43,10 +43,10 @@ from sdk.qa.bench_worker import example_input, run_worker
 from sdk.bundle import Bundle
 from sdk.classifier import ImageClassifier
 from sdk.enums import Device, Runtime, Task
-from sdk.errors import ConfigError, InputError, ParityError
+from sdk.errors import BackendUnavailableError, ConfigError, InferenceError, InputError, ParityError
 from sdk.loading import Model, load
 from sdk.profiles import HardwareProfile, load_profile
-from sdk.runtime import open_session
+from sdk.runtime import Capability, async_adapter, supports
 from sdk.versions import host_info
 
 Progress = Callable[[str], None]
@@ -256,8 +256,8 @@ def _end_to_end(model: Model, encoded: list[bytes], config: BenchConfig, notes: 
 
 def _overhead(model: Model, example: np.ndarray, config: BenchConfig, notes: list[str]) -> Overhead | None:
     try:
-        bare = bare_step(model.plan.runtime, model.bundle.model_path, model.info, example)
-    except (ConfigError, ImportError) as e:
+        bare = bare_step(model.plan.runtime, model.session, model.bundle.model_path, example)
+    except (ConfigError, BackendUnavailableError, InferenceError) as e:
         notes.append(f"overhead not measured: {e}")
         return None
     name, output = model.input_spec.name, model.bundle.manifest.outputs[0].name
@@ -278,22 +278,20 @@ def _throughput(model: Model, tensors: list[np.ndarray], config: BenchConfig) ->
         images, seconds = time_for(step, min_time_s=config.throughput_time_s, min_calls=3)
         points.append(ThroughputPoint(mode="sync", batch=batch, requests=1, images_per_s=images / seconds,
                                       images=images, seconds=seconds))
-    if config.async_throughput and model.plan.runtime is Runtime.OPENVINO:
+    if config.async_throughput and supports(model.plan.runtime, Capability.ASYNC_REQUESTS):
         points.append(_async_throughput(model, tensors, config))
     return points
 
 
 def _async_throughput(model: Model, tensors: list[np.ndarray], config: BenchConfig) -> ThroughputPoint:
-    # A second compiled model under the THROUGHPUT hint: the latency-tuned session runs one
+    # A second session, tuned by the adapter for throughput: the latency-tuned one runs one
     # stream, so parallel requests on it would measure queueing, not throughput.
-    options = model.plan.options
-    tuned = dataclasses.replace(options.runtime_options, performance_hint="THROUGHPUT",
-                                num_requests=config.async_requests)
     manifest = model.bundle.manifest
-    session = open_session(Runtime.OPENVINO, model.bundle.model_path, manifest.inputs, manifest.outputs,
-                           dataclasses.replace(options, runtime_options=tuned))
+    adapter = async_adapter(model.plan.runtime)
+    session = adapter.open_async_session(model.bundle.model_path, list(manifest.inputs), list(manifest.outputs),
+                                         model.plan.options, requests=config.async_requests)
     with session:
-        requests = config.async_requests or int(session.info.details.get("optimal_number_of_infer_requests") or 1)
+        requests = session.async_requests
         name = model.input_spec.name
         feeds = [{name: tensors[j % len(tensors)]} for j in range(4 * requests)]  # keep every request busy
         session.run_async(feeds)

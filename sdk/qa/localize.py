@@ -17,7 +17,6 @@ Which fp32 model, and which inputs:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,20 @@ from typing import Any
 import numpy as np
 
 from sdk.bundle import Bundle, sha256_file
-from sdk.enums import Layout, ModelFormat, Precision, Runtime
-from sdk.errors import BundleError, ManifestError
+from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, Precision, Runtime
+from sdk.errors import BundleError, ConfigError, ManifestError
 from sdk.manifest import MANIFEST_NAME
+from sdk.runtime import Capability, layer_outputs_adapter, runtimes_with, supports
 
-__all__ = ["LAYER_TOLERANCE", "LayerDiff", "Localisation", "find_fp32_parent", "localize", "relative_error"]
-
-# Runtimes that can expose every intermediate activation, and the module that does it.
-LAYER_OUTPUTS: dict[Runtime, str] = {
-    Runtime.OPENVINO: "runtimes.openvino",
-    Runtime.ONNXRUNTIME: "runtimes.onnxruntime",
-}
+__all__ = [
+    "LAYER_TOLERANCE",
+    "LayerDiff",
+    "Localisation",
+    "can_localize",
+    "find_fp32_parent",
+    "localize",
+    "relative_error",
+]
 # Relative L2 error of one activation vs fp32 beyond which a layer "diverges", per precision:
 # fp32 differs by summation order only (~1e-6); fp16 by ~1e-3; int8 by a few % per layer.
 LAYER_TOLERANCE: dict[Precision, float] = {
@@ -126,6 +128,11 @@ def find_fp32_parent(bundle: Bundle) -> Bundle | None:
     return None
 
 
+def can_localize(runtime: Runtime, fmt: ModelFormat) -> bool:
+    """Whether ``runtime`` exposes every activation (the adapter table says) and reads ``fmt``."""
+    return supports(runtime, Capability.LAYER_OUTPUTS) and runtime in RUNTIMES_FOR_FORMAT[fmt]
+
+
 def localize(runtime: Runtime, bundle: Bundle, inputs: np.ndarray, *, fp32: Bundle, fp32_inputs: np.ndarray,
              compared_with: str, tolerance: float | None = None, worst: int = 5) -> Localisation:
     """Compare every activation of ``bundle`` on ``inputs`` with ``fp32``'s on ``fp32_inputs``.
@@ -137,16 +144,20 @@ def localize(runtime: Runtime, bundle: Bundle, inputs: np.ndarray, *, fp32: Bund
         tolerance: relative L2 error that counts as diverging; default by the bundle's precision.
 
     Raises:
-        ConfigError: the runtime cannot expose intermediate activations.
+        ConfigError: the runtime cannot expose intermediate activations or cannot read the bundle.
+        BackendUnavailableError: the runtime's backend is not installed (naming the pip extra).
         InferenceError: a model cannot be run on the inputs.
     """
-    from sdk.errors import ConfigError
-
-    if runtime not in LAYER_OUTPUTS or bundle.manifest.format not in (ModelFormat.OPENVINO, ModelFormat.ONNX):
-        raise ConfigError(f"layer localisation runs on {', '.join(r.value for r in LAYER_OUTPUTS)} with OpenVINO "
-                          f"or ONNX models, not {runtime.value} with {bundle.manifest.format.value}")
+    fmt = bundle.manifest.format
+    if not can_localize(runtime, fmt):
+        able = runtimes_with(Capability.LAYER_OUTPUTS)
+        formats = sorted({f.value for f in ModelFormat for r in able if r in RUNTIMES_FOR_FORMAT[f]})
+        raise ConfigError(
+            f"layer localisation runs on {', '.join(r.value for r in able)} with {' or '.join(formats)} models, "
+            f"not {runtime.value} with {fmt.value}; localise an {' or '.join(formats)} export of the model"
+        )
     tolerance = LAYER_TOLERANCE.get(bundle.manifest.precision, 0.2) if tolerance is None else tolerance
-    module = importlib.import_module(LAYER_OUTPUTS[runtime])
+    module = layer_outputs_adapter(runtime)
     candidate_feed = _feed(bundle, inputs)
     reference_feed = _feed(fp32, fp32_inputs)
     diffs: list[LayerDiff] = []

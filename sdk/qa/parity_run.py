@@ -20,7 +20,7 @@ from sdk.data import ImageDataset
 from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, Precision, Runtime
 from sdk.errors import ParityError, ShelfedgeError
 from sdk.qa.evaluation import evaluate, preprocess_dataset
-from sdk.qa.localize import LAYER_OUTPUTS, find_fp32_parent, localize
+from sdk.qa.localize import can_localize, find_fp32_parent, localize
 from sdk.qa.parity import ParityVerdict, compute_metrics, jsonable
 from sdk.profiles import HardwareProfile, load_profile
 from sdk.qa.reference import REFERENCE_JSON, Reference, load_reference, save_reference
@@ -190,8 +190,7 @@ def run_parity(bundles: Sequence[str | Path], reference: Reference, dataset: Ima
             judge = tolerance_profile(runtime, profile)
             verdict = ParityVerdict.from_metrics(metrics, judge.tolerance(evaluation.ran.precision))
             where = None
-            if not verdict.passed and localize_images and runtime in LAYER_OUTPUTS \
-                    and bundle.manifest.format in (ModelFormat.OPENVINO, ModelFormat.ONNX):
+            if not verdict.passed and localize_images and can_localize(runtime, bundle.manifest.format):
                 where = _localize(runtime, bundle, images, ref_tensors, evaluation.logits, ref_logits,
                                   localize_images, log)
             results.append(ParityResult(bundle=str(bundle.path), runtime=runtime, ran=evaluation.ran.to_dict(),

@@ -148,7 +148,7 @@ def test_backend_info_succeeds_with_name_version_and_devices(case) -> None:
 
 
 def test_adapter_modules_succeed_with_no_backend_import_at_module_load() -> None:
-    modules = sorted(name for name, _ in ADAPTERS.values())
+    modules = sorted(entry.module for entry in ADAPTERS.values())
     code = (
         "import sys\n"
         f"for m in {modules!r}: __import__(m)\n"

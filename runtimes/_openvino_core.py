@@ -1,0 +1,143 @@
+"""OpenVINO plumbing shared by the adapter and its localisation capability: the one Core,
+reading and compiling models, port specs, batch reshapes and precision detection.
+
+Private to ``runtimes``; imports OpenVINO only when a function is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtimes._common import load_failed, make_spec, require_file
+from sdk.enums import Precision
+from sdk.errors import InferenceError
+from sdk.tensors import TensorSpec
+
+NAME = "openvino"
+_QUANTIZED_TYPES = ("i8", "u8")
+_core_cache: list[Any] = []
+
+
+def ov() -> Any:
+    """The openvino package (imported on first use: ``runtimes`` imports without it).
+
+    Raises:
+        ImportError: openvino is not installed.
+    """
+    import openvino
+
+    return openvino
+
+
+def core() -> Any:
+    """The process's one ``openvino.Core``.
+
+    Raises:
+        ImportError: openvino is not installed.
+    """
+    # One Core per process: it owns the loaded device plugins, which are costly to load twice.
+    if not _core_cache:
+        _core_cache.append(ov().Core())
+    return _core_cache[0]
+
+
+def read(model_path: Path) -> Any:
+    """Read an IR (.xml + .bin) or an .onnx file.
+
+    Raises:
+        InferenceError: a file is missing or OpenVINO cannot read it.
+    """
+    require_file(model_path, NAME)
+    if model_path.suffix == ".xml" and not model_path.with_suffix(".bin").exists():
+        raise InferenceError(
+            f"{NAME}: the weights {model_path.with_suffix('.bin')} of {model_path} are missing; "
+            f"an IR is an .xml and a .bin side by side: re-package the bundle"
+        )
+    try:
+        return core().read_model(str(model_path))
+    except RuntimeError as e:
+        raise load_failed(model_path, NAME, e) from e
+
+
+def compile_model(
+    ov_core: Any, model: Any, device: str, config: dict[str, Any], model_path: Path | None = None
+) -> Any:
+    """Compile ``model`` for ``device`` with ``config``.
+
+    Raises:
+        InferenceError: the plugin refused the model or the config, naming both.
+    """
+    try:
+        return ov_core.compile_model(model, device, config)
+    except RuntimeError as e:
+        raise InferenceError(
+            f"{NAME} could not compile {model_path or 'the model'} for {device} with {config}: {e}; "
+            f"check the device driver, or try device CPU"
+        ) from e
+
+
+def static_batch(model: Any) -> int | None:
+    """The batch all inputs share when it is static, None when it is dynamic (or rank 0)."""
+    batches = set()
+    for port in model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() == 0 or shape[0].is_dynamic:
+            return None
+        batches.add(shape[0].get_length())
+    return batches.pop() if len(batches) == 1 else None
+
+
+def with_batch(model: Any, batch: int) -> Any:
+    """A copy of ``model`` reshaped to ``batch`` on every input."""
+    copy = model.clone()
+    shapes = {}
+    for i, port in enumerate(copy.inputs):
+        shape = port.get_partial_shape()
+        shape[0] = batch
+        shapes[i] = shape
+    copy.reshape(shapes)
+    return copy
+
+
+def full_name(ov_core: Any, device: str) -> str | None:
+    """The device's marketing name, None where the plugin does not say."""
+    try:
+        return str(ov_core.get_property(device, "FULL_DEVICE_NAME"))
+    except RuntimeError:
+        return None
+
+
+def compiled_property(compiled: Any, name: str) -> Any:
+    """A compiled model's property as a plain value, None where the device lacks it."""
+    # Not every device supports every property (AUTO, NPU); a missing one is reported as None.
+    try:
+        value = compiled.get_property(name)
+    except RuntimeError:
+        return None
+    return value.get_type_name() if hasattr(value, "get_type_name") else value
+
+
+def spec(port: Any) -> TensorSpec:
+    """The TensorSpec of a model port (its first tensor name)."""
+    shape = port.get_partial_shape()
+    dims = [] if shape.rank.is_dynamic else [d.get_length() if d.is_static else -1 for d in shape]
+    return make_spec(port.get_any_name(), dims, port.get_element_type().to_dtype())
+
+
+def precision(model: Any, hint: str | None) -> Precision:
+    """What the compiled model computes in, as far as its ops and precision hint tell."""
+    weights = set()
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind == "FakeQuantize":
+            return Precision.INT8
+        if kind == "Constant":
+            weights.add(op.get_element_type().get_type_name())
+    if weights & set(_QUANTIZED_TYPES):
+        return Precision.DYNAMIC_INT8
+    if hint == "f16" or "f16" in weights:
+        return Precision.FP16
+    if hint == "bf16":
+        return Precision.MIXED
+    return Precision.FP32
