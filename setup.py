@@ -1,5 +1,7 @@
 """shelfedge: edge deployment SDK for retail AI (distribution and command: ``shelfedge``)."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 EXTRAS = {
@@ -27,7 +29,7 @@ setup(
     name="shelfedge",
     version="0.1.0",
     description="Edge deployment SDK for retail AI: distil, quantize, run and prove parity on edge hardware",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sdk*", "cli*", "converters*", "runtimes*", "demo_app*", "hw_profiles*"]),

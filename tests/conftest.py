@@ -49,8 +49,14 @@ def build_tiny_cnn(
     outputs = keras.layers.Dense(classes, name="logits")(x)
     model = keras.Model(inputs, outputs, name=name)
     rng = np.random.default_rng(seed + 1)
-    bn.set_weights([rng.uniform(0.5, 1.5, width), rng.normal(0, 0.1, width), rng.normal(0, 0.1, width),
-                    rng.uniform(0.5, 2.0, width)])
+    bn.set_weights(
+        [
+            rng.uniform(0.5, 1.5, width),
+            rng.normal(0, 0.1, width),
+            rng.normal(0, 0.1, width),
+            rng.uniform(0.5, 2.0, width),
+        ]
+    )
     return model
 
 

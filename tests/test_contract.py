@@ -11,8 +11,9 @@ from sdk.enums import RUNTIMES_FOR_FORMAT, ModelFormat
 
 pytestmark = pytest.mark.contract
 
-CASES = [(fmt, runtime) for fmt in ModelFormat if fmt is not ModelFormat.SAVEDMODEL
-         for runtime in RUNTIMES_FOR_FORMAT[fmt]]
+CASES = [
+    (fmt, runtime) for fmt in ModelFormat if fmt is not ModelFormat.SAVEDMODEL for runtime in RUNTIMES_FOR_FORMAT[fmt]
+]
 
 
 @pytest.mark.parametrize(("fmt", "runtime"), CASES, ids=lambda v: getattr(v, "value", str(v)))
