@@ -29,7 +29,7 @@ setup(
     name="shelfedge",
     version="0.1.0",
     description="Edge deployment SDK for retail AI: distil, quantize, run and prove parity on edge hardware",
-    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sdk*", "cli*", "converters*", "runtimes*", "demo_app*", "hw_profiles*"]),
