@@ -1,14 +1,18 @@
 """shelfedge SDK: load a bundle, classify a frame, the same answers on every device.
 
+Example::
+
     import sdk
-    with sdk.ImageClassifier.from_bundle("bundles/grocery-tflite-fp32") as clf:
-        print(clf.classify("apple.jpg", top_k=3).top1)
+
+    options = sdk.ClassifierOptions(profile="x86-kiosk-cpu", top_k=3)
+    with sdk.ImageClassifier.create("bundles/grocery-tflite-fp32", options) as clf:
+        print(clf.classify("apple.jpg").top1)
 """
 
 from __future__ import annotations
 
 from sdk.bundle import Bundle
-from sdk.classifier import Category, ClassificationResult, ImageClassifier, Timings
+from sdk.classifier import Category, ClassificationResult, ClassifierOptions, ImageClassifier, Timings
 from sdk.enums import Device, FallbackPolicy, ModelFormat, Precision, Runtime, Task
 from sdk.errors import (
     BackendUnavailableError,
@@ -34,6 +38,7 @@ __all__ = [
     "BundleError",
     "Category",
     "ClassificationResult",
+    "ClassifierOptions",
     "ConfigError",
     "ConversionError",
     "Device",

@@ -1,4 +1,8 @@
-"""Image classification task API: ``ImageClassifier.from_bundle(path).classify(image)``."""
+"""Image classification task API.
+
+``ImageClassifier.create(bundle, ClassifierOptions(...))``, or the short form
+``ImageClassifier.from_bundle(path, runtime=..., top_k=...)``; then ``classify(image)``.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,82 @@ import numpy as np
 
 from sdk import preprocess as pp
 from sdk.bundle import Bundle
-from sdk.enums import ColorOrder, Device, FallbackPolicy, OutputKind, Runtime, Task
+from sdk.enums import ColorOrder, Device, FallbackPolicy, OutputKind, Runtime, Task, _StrEnum
 from sdk.errors import ConfigError, InputError
 from sdk.loading import Model, load
 from sdk.profiles import HardwareProfile
 from sdk.runtime import SessionInfo
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClassifierOptions:
+    """How to open a bundle and classify with it: the MediaPipe Tasks shape of options.
+
+    Checked when constructed; strings for ``runtime``, ``device`` and ``fallback`` are
+    parsed case-insensitively and stored as their enums. Immutable, so one instance may be
+    shared across threads and classifiers.
+
+    Attributes:
+        profile: hardware profile id (``"x86-kiosk-cpu"``), YAML path or loaded profile; its
+            runtime, device, runtime options and fallback policy apply unless overridden below.
+        runtime: ``litert``, ``openvino``, ``onnxruntime`` or ``tensorflow`` (default: the
+            profile's when it can open the bundle, else the first runtime for its format).
+        device: ``CPU``, ``GPU``, ``NPU``, ``TPU`` or ``AUTO`` (default: the profile's, else CPU).
+        fallback: ``strict`` (fail when the device is absent) or ``record`` (run on the fallback
+            device and say so in ``info``); default: the profile's, else ``record``.
+        threads: inference threads (default: the profile's, else the runtime's own).
+        top_k: categories :meth:`ImageClassifier.classify` returns when not told, best first.
+
+    Raises:
+        ConfigError: a field has the wrong type or an unknown value; the message names the
+            field and what to pass instead.
+    """
+
+    profile: str | Path | HardwareProfile | None = None
+    runtime: Runtime | str | None = None
+    device: Device | str | None = None
+    fallback: FallbackPolicy | str | None = None
+    threads: int | None = None
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.profile is not None and not (
+            isinstance(self.profile, (Path, HardwareProfile)) or (isinstance(self.profile, str) and self.profile)
+        ):
+            raise ConfigError(
+                f"ClassifierOptions.profile is {self.profile!r}; pass a profile id such as 'x86-kiosk-cpu', "
+                "a profile YAML path, a HardwareProfile, or None"
+            )
+        # Normalised here so that what the options say is what load() will be asked for.
+        object.__setattr__(self, "runtime", _choice(self.runtime, Runtime, "runtime"))
+        object.__setattr__(self, "device", _choice(self.device, Device, "device"))
+        object.__setattr__(self, "fallback", _choice(self.fallback, FallbackPolicy, "fallback"))
+        if self.threads is not None and not _is_positive_int(self.threads):
+            raise ConfigError(
+                f"ClassifierOptions.threads is {self.threads!r}; pass a positive integer such as threads=4, "
+                "or None for the profile's or runtime's default"
+            )
+        if not _is_positive_int(self.top_k):
+            raise ConfigError(f"ClassifierOptions.top_k is {self.top_k!r}; pass a positive integer such as top_k=3")
+
+
+def _is_positive_int(value: object) -> bool:
+    # bool is an int subclass, but threads=True is a mistake, not "1".
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _choice(value: object, enum_type: type[_StrEnum], field: str) -> _StrEnum | None:
+    if value is None:
+        return None
+    choices = ", ".join(repr(m.value) for m in enum_type)
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"ClassifierOptions.{field} is a {type(value).__name__} ({value!r}); pass one of {choices} or None"
+        )
+    try:
+        return enum_type.parse(value, f"ClassifierOptions.{field}")
+    except ValueError as e:
+        raise ConfigError(f"{e}; pass one of those, or None for the profile's choice") from e
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,10 +156,22 @@ def scores_from_output(raw: np.ndarray, output_kind: OutputKind) -> np.ndarray:
 class ImageClassifier:
     """Classifies product images with a bundle on any runtime.
 
-    Create with :meth:`from_bundle`; use as a context manager or call :meth:`close`.
+    Create with :meth:`create` (options object) or :meth:`from_bundle` (keywords); use as a
+    context manager or call :meth:`close`.
+
+    Thread safety: an instance is NOT safe to share across threads today. It holds one
+    runtime session and takes no lock, and LiteRT interpreters and OpenVINO infer requests
+    must not run two calls at once. Give each thread its own classifier, or guard calls
+    with your own lock. Results and options are immutable and may be shared freely.
     """
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, options: ClassifierOptions | None = None) -> None:
+        """Wrap an opened model; prefer :meth:`create`, which opens it from a bundle.
+
+        Raises:
+            ConfigError: the model is not an image classification bundle with preprocessing
+                (the model is closed before raising).
+        """
         manifest = model.bundle.manifest
         if manifest.task is not Task.IMAGE_CLASSIFICATION:
             model.close()
@@ -96,11 +183,43 @@ class ImageClassifier:
             model.close()
             raise ConfigError(f"bundle {model.bundle.path} has no preprocessing in its manifest; re-export it")
         self.model = model
+        self._options = options if options is not None else ClassifierOptions()
         self._pre = manifest.preprocessing
         self._input = manifest.inputs[0]
         self._output = manifest.outputs[0]
         self._output_kind = manifest.output_kind
         self._labels = model.bundle.labels
+
+    @classmethod
+    def create(cls, bundle: str | Path | Bundle, options: ClassifierOptions | None = None) -> ImageClassifier:
+        """Open a classification bundle with ``options`` (defaults: see :class:`ClassifierOptions`).
+
+        Raises:
+            ConfigError: ``options`` is not a ClassifierOptions, the bundle is not an image
+                classification bundle, or the runtime cannot open its format.
+            BundleError: the bundle is missing or tampered with.
+            ManifestError: the manifest breaks the schema or disagrees with the model file.
+            ProfileError: the profile is unknown or malformed.
+            BackendUnavailableError: the runtime is not installed, or the device is absent
+                under a strict fallback policy.
+            InferenceError: the runtime could not load the model file.
+        """
+        if options is None:
+            options = ClassifierOptions()
+        elif not isinstance(options, ClassifierOptions):
+            raise ConfigError(
+                f"ImageClassifier.create got options of type {type(options).__name__}; pass "
+                "ClassifierOptions(...) or use ImageClassifier.from_bundle(path, **keywords)"
+            )
+        model = load(
+            bundle,
+            options.profile,
+            runtime=options.runtime,
+            device=options.device,
+            fallback=options.fallback,
+            threads=options.threads,
+        )
+        return cls(model, options)
 
     @classmethod
     def from_bundle(
@@ -112,15 +231,23 @@ class ImageClassifier:
         device: Device | str | None = None,
         fallback: FallbackPolicy | str | None = None,
         threads: int | None = None,
-    ) -> "ImageClassifier":
-        """Open a classification bundle (see :func:`sdk.load` for what it raises).
+        top_k: int = 5,
+    ) -> ImageClassifier:
+        """The short form of :meth:`create`: the keywords are :class:`ClassifierOptions` fields.
 
         Raises:
-            ConfigError: the bundle is not an image classification bundle.
+            ConfigError: a keyword has a wrong type or value (naming it), or as :meth:`create`.
+            BundleError, ManifestError, ProfileError, BackendUnavailableError, InferenceError:
+                as :meth:`create`.
         """
-        return cls(
-            load(path, profile, runtime=runtime, device=device, fallback=fallback, threads=threads)
+        options = ClassifierOptions(
+            profile=profile, runtime=runtime, device=device, fallback=fallback, threads=threads, top_k=top_k
         )
+        return cls.create(path, options)
+
+    @property
+    def options(self) -> ClassifierOptions:
+        return self._options
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -128,41 +255,44 @@ class ImageClassifier:
 
     @property
     def info(self) -> SessionInfo:
+        """What actually ran: runtime and version, requested vs actual device, precision, fallback."""
         return self.model.info
 
     def classify(
-        self, image: pp.ImageSource, top_k: int = 5, *, array_color: ColorOrder = ColorOrder.BGR
+        self, image: pp.ImageSource, top_k: int | None = None, *, array_color: ColorOrder = ColorOrder.BGR
     ) -> ClassificationResult:
         """Classify one image: a path, encoded bytes, or an HxWxC uint8 array.
 
         Args:
             image: the image; arrays are BGR (camera frames) unless ``array_color`` says RGB.
-            top_k: how many categories to return, best first.
+            top_k: how many categories to return, best first (default: the options' ``top_k``).
 
         Raises:
-            InputError: the image cannot be decoded or is unusable.
-            InferenceError: the runtime failed.
+            InputError: the image cannot be decoded or is unusable, or ``top_k`` is not a
+                positive integer.
+            InferenceError: the runtime failed, or the classifier is closed.
         """
         return self.classify_batch([image], top_k, array_color=array_color)[0]
 
     def classify_batch(
         self,
         images: Sequence[pp.ImageSource],
-        top_k: int = 5,
+        top_k: int | None = None,
         *,
         array_color: ColorOrder = ColorOrder.BGR,
     ) -> list[ClassificationResult]:
         """Classify several images in one inference call; timings are the whole batch's.
 
         Raises:
-            InputError: an image cannot be decoded (the message names which one), or the
-                list is empty.
-            InferenceError: the runtime failed.
+            InputError: an image cannot be decoded (the message names which one), the list
+                is empty, or ``top_k`` is not a positive integer.
+            InferenceError: the runtime failed, or the classifier is closed.
         """
         if not images:
             raise InputError("classify_batch got no images; pass at least one")
-        if top_k < 1:
-            raise InputError(f"top_k must be at least 1, got {top_k}")
+        k_wanted = self._options.top_k if top_k is None else top_k
+        if not _is_positive_int(k_wanted):
+            raise InputError(f"top_k must be a positive integer, got {k_wanted!r}; pass e.g. top_k=3")
         t0 = time.perf_counter()
         tensors = []
         for i, image in enumerate(images):
@@ -180,31 +310,28 @@ class ImageClassifier:
         if self._output.quantization is not None:
             raw = self._output.quantization.dequantize(raw)
         scores = scores_from_output(raw.reshape(len(images), -1), self._output_kind)
-        k = min(top_k, scores.shape[-1])
+        k = min(k_wanted, scores.shape[-1])
         results_idx = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
         t3 = time.perf_counter()
-        timings = Timings(
-            preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3, postprocess_ms=(t3 - t2) * 1e3
-        )
+        timings = Timings(preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3, postprocess_ms=(t3 - t2) * 1e3)
         return [
             ClassificationResult(
-                categories=tuple(
-                    Category(index=int(j), label=self._label(int(j)), score=float(row[j])) for j in idx
-                ),
+                categories=tuple(Category(index=int(j), label=self._label(int(j)), score=float(row[j])) for j in idx),
                 timings=timings,
                 ran=self.info,
                 batch_size=len(images),
             )
-            for row, idx in zip(scores, results_idx)
+            for row, idx in zip(scores, results_idx, strict=True)
         ]
 
     def _label(self, index: int) -> str:
         return self._labels[index] if index < len(self._labels) else str(index)
 
     def close(self) -> None:
+        """Release the runtime session; later calls raise InferenceError. Closing twice is fine."""
         self.model.close()
 
-    def __enter__(self) -> "ImageClassifier":
+    def __enter__(self) -> ImageClassifier:
         return self
 
     def __exit__(

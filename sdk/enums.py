@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
+
+# Bound to the subclass ``parse`` is called on, so ``Runtime.parse(...)`` is typed ``Runtime``.
+_E = TypeVar("_E", bound="_StrEnum")
 
 
 class _StrEnum(str, enum.Enum):
@@ -10,8 +14,12 @@ class _StrEnum(str, enum.Enum):
         return self.value
 
     @classmethod
-    def parse(cls, value: object, what: str) -> "_StrEnum":
-        """Parse ``value`` case-insensitively; raise ValueError listing the choices."""
+    def parse(cls: type[_E], value: object, what: str) -> _E:
+        """Parse ``value`` case-insensitively.
+
+        Raises:
+            ValueError: ``value`` is not one of the members; the message lists the choices.
+        """
         if isinstance(value, cls):
             return value
         text = str(value).strip()

@@ -58,19 +58,17 @@ def plan_load(
             f"(use one of: {names}, or export the model to a format that runtime reads)"
         )
     # A profile only speaks for its own runtime: its device and options do not carry over.
-    use_profile = profile is not None and profile.runtime == chosen_runtime
-    options = profile.runtime_options if use_profile else RuntimeOptions()
+    own = profile if profile is not None and profile.runtime == chosen_runtime else None
+    options = own.runtime_options if own is not None else RuntimeOptions()
     if threads is not None:
         options = dataclasses.replace(options, threads=threads)
     session_options = SessionOptions(
-        device=chosen_device or (profile.device if use_profile else Device.CPU),
-        fallback_device=(profile.fallback_device if use_profile and profile.fallback_device else Device.CPU),
-        fallback=chosen_fallback or (profile.fallback if use_profile else FallbackPolicy.RECORD),
+        device=chosen_device or (own.device if own is not None else Device.CPU),
+        fallback_device=(own.fallback_device if own is not None and own.fallback_device else Device.CPU),
+        fallback=chosen_fallback or (own.fallback if own is not None else FallbackPolicy.RECORD),
         runtime_options=options,
     )
-    return LoadPlan(
-        runtime=chosen_runtime, options=session_options, profile_id=profile.id if profile else None
-    )
+    return LoadPlan(runtime=chosen_runtime, options=session_options, profile_id=profile.id if profile else None)
 
 
 class Model:
@@ -130,9 +128,7 @@ def load(
     """
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     chosen_profile = load_profile(profile) if isinstance(profile, (str, Path)) else profile
-    plan = plan_load(
-        opened, chosen_profile, runtime=runtime, device=device, fallback=fallback, threads=threads
-    )
+    plan = plan_load(opened, chosen_profile, runtime=runtime, device=device, fallback=fallback, threads=threads)
     manifest = opened.manifest
     session = open_session(plan.runtime, opened.model_path, manifest.inputs, manifest.outputs, plan.options)
     return Model(opened, session, plan)

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sdk._strict import (
     StrictReader,
@@ -88,15 +88,13 @@ class Preprocessing:
             value = cls(
                 size=r.required("size", _pair),
                 color_order=r.optional("color_order", ColorOrder.RGB, _enum(ColorOrder, "color_order")),
-                resize_mode=r.optional(
-                    "resize_mode", ResizeMode.SHORTER_SIDE_CROP, _enum(ResizeMode, "resize_mode")
-                ),
+                resize_mode=r.optional("resize_mode", ResizeMode.SHORTER_SIDE_CROP, _enum(ResizeMode, "resize_mode")),
                 crop_fraction=r.optional("crop_fraction", 0.875, as_float),
                 interpolation=r.optional(
                     "interpolation", Interpolation.BILINEAR, _enum(Interpolation, "interpolation")
                 ),
-                mean=r.optional("mean", (0.0, 0.0, 0.0), as_list(as_float)),
-                std=r.optional("std", (1.0, 1.0, 1.0), as_list(as_float)),
+                mean=r.optional("mean", (0.0, 0.0, 0.0), _channel_values),
+                std=r.optional("std", (1.0, 1.0, 1.0), _channel_values),
             )
         except ValueError as e:
             raise r.fail(str(e)) from e
@@ -237,9 +235,7 @@ class Manifest:
             inputs=_tensors(r, "inputs"),
             outputs=_tensors(r, "outputs"),
             output_kind=r.required("output_kind", _enum(OutputKind, "output_kind")),
-            preprocessing=(
-                Preprocessing.from_reader(preprocessing_reader) if preprocessing_reader else None
-            ),
+            preprocessing=(Preprocessing.from_reader(preprocessing_reader) if preprocessing_reader else None),
             labels_file=r.optional("labels_file", None, _relative_path),
             provenance=_provenance(provenance_reader),
             files=r.required("files", _file_hashes),
@@ -283,6 +279,11 @@ def _enum(enum_type: Any, what: str) -> Any:
     return lambda value: enum_type.parse(value, what)
 
 
+def _channel_values(value: Any) -> tuple[float, float, float]:
+    # The count is checked by Preprocessing itself, with the message a manifest author sees.
+    return cast("tuple[float, float, float]", as_list(as_float)(value))
+
+
 def _pair(value: Any) -> tuple[int, int]:
     items = as_list(as_int)(value)
     if len(items) != 2:
@@ -308,7 +309,7 @@ def _file_hashes(value: Any) -> dict[str, str]:
 
 
 def _tensors(r: StrictReader, key: str) -> tuple[TensorSpec, ...]:
-    items = r.required(key)
+    items: object = r.required(key)
     if not isinstance(items, list) or not items:
         raise r.fail(f"{key!r} must be a non-empty list of tensor specs")
     specs = []
@@ -336,9 +337,14 @@ def _tensors(r: StrictReader, key: str) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+def _items(value: Any) -> tuple[Any, ...]:
+    return as_list(lambda v: v)(value)
+
+
 def _provenance(r: StrictReader) -> Provenance:
     steps = []
-    for i, item in enumerate(r.optional("steps", [], as_list(lambda v: v))):
+    raw_steps: tuple[Any, ...] = r.optional("steps", (), _items)
+    for i, item in enumerate(raw_steps):
         s = StrictReader(item, f"{r.where}.steps[{i}]", ManifestError)
         steps.append(
             Step(
@@ -363,7 +369,8 @@ def _provenance(r: StrictReader) -> Provenance:
 
 def _kept_in_float(r: StrictReader) -> tuple[KeptInFloat, ...]:
     kept = []
-    for i, item in enumerate(r.optional("kept_in_float", [], as_list(lambda v: v))):
+    raw_kept: tuple[Any, ...] = r.optional("kept_in_float", (), _items)
+    for i, item in enumerate(raw_kept):
         k = StrictReader(item, f"{r.where}.kept_in_float[{i}]", ManifestError)
         kept.append(
             KeptInFloat(

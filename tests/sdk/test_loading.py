@@ -9,7 +9,7 @@ import pytest
 
 import sdk
 from sdk.enums import Device, ModelFormat, Runtime
-from sdk.errors import BackendUnavailableError, BundleError, ConfigError, InputError, ManifestError
+from sdk.errors import BackendUnavailableError, BundleError, ConfigError, InferenceError, InputError, ManifestError
 
 
 def test_load_fails_with_missing_bundle(tmp_path: Path) -> None:
@@ -139,3 +139,81 @@ def test_classify_batch_fails_naming_the_bad_image(exported_bundles, sample_imag
     with sdk.ImageClassifier.from_bundle(exported_bundles[ModelFormat.TFLITE].path) as classifier:
         with pytest.raises(InputError, match="image 1 of the batch"):
             classifier.classify_batch([sample_images[0], bad])
+
+
+# --------------------------------------------------------------------------- ClassifierOptions
+
+
+def test_classifier_options_succeeds_with_strings_parsed_to_enums() -> None:
+    options = sdk.ClassifierOptions(profile="x86-kiosk-cpu", runtime="OpenVINO", device="cpu", fallback="Strict")
+    assert options.runtime is Runtime.OPENVINO and options.device is Device.CPU
+    assert options.fallback is sdk.FallbackPolicy.STRICT and options.top_k == 5 and options.threads is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("top_k", "3", r"ClassifierOptions\.top_k is '3'; pass a positive integer"),
+        ("top_k", 0, r"ClassifierOptions\.top_k is 0"),
+        ("top_k", True, r"ClassifierOptions\.top_k is True"),
+        ("threads", -2, r"ClassifierOptions\.threads is -2; pass a positive integer"),
+        ("threads", 2.0, r"ClassifierOptions\.threads is 2\.0"),
+        ("runtime", "tflite", r"ClassifierOptions\.runtime 'tflite' is not one of: litert, openvino"),
+        ("runtime", 3, r"ClassifierOptions\.runtime is a int \(3\); pass one of 'litert'"),
+        ("device", "FPGA", r"ClassifierOptions\.device 'FPGA' is not one of: CPU, GPU"),
+        ("fallback", "lenient", r"ClassifierOptions\.fallback 'lenient' is not one of: strict, record"),
+        ("profile", 42, r"ClassifierOptions\.profile is 42; pass a profile id"),
+        ("profile", "", r"ClassifierOptions\.profile is ''"),
+    ],
+)
+def test_classifier_options_fails_with_wrong_value_naming_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        sdk.ClassifierOptions(**{field: value})
+
+
+def test_classifier_options_fails_when_changed_after_construction() -> None:
+    import dataclasses
+
+    options = sdk.ClassifierOptions(top_k=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.top_k = 4  # type: ignore[misc]
+
+
+def test_classifier_create_succeeds_with_options_and_applies_them(exported_bundles, sample_images) -> None:
+    options = sdk.ClassifierOptions(runtime="onnxruntime", threads=1, top_k=2)
+    with sdk.ImageClassifier.create(exported_bundles[ModelFormat.ONNX].path, options) as classifier:
+        assert classifier.options is options
+        assert classifier.info.runtime is Runtime.ONNXRUNTIME and classifier.info.threads == 1
+        assert len(classifier.classify(sample_images[0]).categories) == 2  # the options' top_k
+        assert len(classifier.classify(sample_images[0], top_k=3).categories) == 3  # the call's wins
+        with pytest.raises(InputError, match="top_k must be a positive integer, got '3'"):
+            classifier.classify(sample_images[0], top_k="3")  # type: ignore[arg-type]
+
+
+def test_classifier_from_bundle_succeeds_as_the_short_form_of_create(exported_bundles, sample_images) -> None:
+    path = exported_bundles[ModelFormat.TFLITE].path
+    with sdk.ImageClassifier.from_bundle(path, runtime="litert", top_k=1) as short:
+        assert short.options == sdk.ClassifierOptions(runtime=Runtime.LITERT, top_k=1)
+        from_short = short.classify(sample_images[1])
+    with sdk.ImageClassifier.create(path, sdk.ClassifierOptions(runtime="litert", top_k=1)) as long:
+        from_long = long.classify(sample_images[1])
+    assert len(from_short.categories) == 1 and from_short.top1 == from_long.top1
+
+
+def test_classifier_create_fails_with_options_of_another_type(exported_bundles) -> None:
+    with pytest.raises(ConfigError, match="pass ClassifierOptions"):
+        sdk.ImageClassifier.create(exported_bundles[ModelFormat.ONNX].path, {"top_k": 3})  # type: ignore[arg-type]
+
+
+def test_classifier_from_bundle_fails_with_wrong_keyword_before_opening_anything(tmp_path: Path) -> None:
+    # The options are checked first: a bad top_k is reported even for a bundle that does not exist.
+    with pytest.raises(ConfigError, match=r"ClassifierOptions\.top_k"):
+        sdk.ImageClassifier.from_bundle(tmp_path / "missing", top_k="3")  # type: ignore[arg-type]
+
+
+def test_classify_fails_after_close(exported_bundles, sample_images) -> None:
+    classifier = sdk.ImageClassifier.from_bundle(exported_bundles[ModelFormat.ONNX].path)
+    classifier.close()
+    classifier.close()  # closing twice is fine
+    with pytest.raises(InferenceError, match="closed"):
+        classifier.classify(sample_images[0])
