@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from sdk import preprocess as pp
+from sdk.preprocess import decode as pp_decode
 from sdk.enums import ColorOrder, Interpolation, Layout, ResizeMode
 from sdk.errors import ConfigError, InputError
 from sdk.manifest import Preprocessing
@@ -65,7 +66,7 @@ def _refuse_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("cv2.imdecode must not be called for an image refused by its header")
 
-    monkeypatch.setattr(pp.cv2, "imdecode", boom)
+    monkeypatch.setattr(pp_decode.cv2, "imdecode", boom)
 
 
 @pytest.fixture
@@ -148,7 +149,7 @@ def test_decode_image_succeeds_without_opencv_rgb_decoding(
 ) -> None:
     # OpenCV < 4.11 has no IMREAD_COLOR_RGB: decoding BGR and converting gives the same pixels.
     expected = [pp.decode_image(jpeg_file), pp.decode_image(png_file)]
-    monkeypatch.setattr(pp, "_IMREAD_RGB", None)
+    monkeypatch.setattr(pp_decode, "_IMREAD_RGB", None)
     for path, pixels in zip((jpeg_file, png_file), expected):
         np.testing.assert_array_equal(pp.decode_image(path), pixels)
 
