@@ -16,20 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from sdk.qa.bench import BenchConfig, bench_bundle
-from sdk.qa.bench_report import bench_document, summary_table, write_report
-from sdk.qa.bench_result import BenchResult, Comparison
-from sdk.bundle import Bundle
 from cli import emit, log
+from sdk.bundle import Bundle
 from sdk.data import ImageDataset, default_data_root, load_split
 from sdk.enums import RUNTIMES_FOR_FORMAT, Runtime
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.profiles import Budgets, HardwareProfile, load_profile
+from sdk.qa.bench import BenchConfig, bench_bundle
+from sdk.qa.bench_compare import Contender, interleaved_speedups
+from sdk.qa.bench_report import bench_document, summary_table, write_report
+from sdk.qa.bench_result import BenchResult, Comparison
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # --quick: enough to see every number once (CI smoke tests), not to compare them.
 _QUICK = BenchConfig(warmup=3, repeats=20, min_time_s=0.1, throughput_time_s=0.1, e2e_repeats=10,
-                     overhead_blocks=10, overhead_calls=3, cold_start_runs=1)
+                     overhead_blocks=10, overhead_calls=3, speedup_blocks=10, speedup_calls=3, cold_start_runs=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         cold_start=not args.no_cold_start, measure_memory=not args.no_memory,
     )
     done: dict[tuple[str, Runtime], BenchResult] = {}
+    ran: dict[int, Contender] = {}  # id(result) -> what ran, for the interleaved speed-ups
 
     def measure(bundle: Bundle, runtime: Runtime, chosen: HardwareProfile | None) -> BenchResult | None:
         key = (str(bundle.path.resolve()), runtime)
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             except BackendUnavailableError as e:
                 log(f"[bench] skipping {bundle.path.name} on {runtime.value}: {e}")
                 return None
+            ran[id(done[key])] = Contender(bundle=bundle, runtime=runtime, profile=chosen)
         return done[key]
 
     baseline = None
@@ -111,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [f"{r.label}: {c.describe()}" for r in results for c in r.budgets if c.passed is False]
     if baseline is not None and baseline not in results:
         results.insert(0, baseline)
-    comparisons: list[Comparison | None] = [r.compare_to(baseline) if baseline and r is not baseline else None
-                                            for r in results]
+    comparisons = _comparisons(results, baseline, ran, config, args.device)
     document = bench_document(results, config=config, images=images, baseline=baseline, comparisons=comparisons)
     written = write_report(out, document, results, comparisons, baseline=baseline, plots=not args.no_plots, log=log)
     table = summary_table(results, comparisons, baseline)
@@ -131,7 +133,28 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _comparisons(results: list[BenchResult], baseline: BenchResult | None, ran: dict[int, Contender],
+                 config: BenchConfig, device: str | None) -> list[Comparison | None]:
+    """Each result against the baseline, its inference speed-up timed interleaved with it."""
+    if baseline is None:
+        return [None] * len(results)
+    others = [r for r in results if r is not baseline]
+    log(f"[bench] speed-up vs {baseline.label}: {len(others) + 1} models in {config.speedup_blocks} round-robin "
+        f"blocks of {config.speedup_calls} calls each")
+    speedups = interleaved_speedups(ran[id(baseline)], [ran[id(r)] for r in others], config=config, device=device)
+    by_result = {id(r): s for r, s in zip(others, speedups, strict=True)}
+    for r in others:
+        log(f"[bench]   {r.label}: {by_result[id(r)].describe()}")
+    return [r.compare_to(baseline, interleaved=by_result[id(r)]) if r is not baseline else None for r in results]
+
+
 def _runtimes(bundle: Bundle, profile: HardwareProfile | None, runtime: str | None) -> list[Runtime]:
+    """The runtimes to bench ``bundle`` on: --runtime, else the profile's, else every one that reads it.
+
+    Raises:
+        ConfigError: --runtime is unknown, or the profile's runtime cannot open the bundle's format
+            (running another runtime under the profile's name would report numbers it never asked for).
+    """
     allowed = RUNTIMES_FOR_FORMAT[bundle.manifest.format]
     if runtime:
         try:
@@ -143,7 +166,15 @@ def _runtimes(bundle: Bundle, profile: HardwareProfile | None, runtime: str | No
                 f"{bundle.manifest.format.value} bundle")
             return []
         return [chosen]
-    if profile is not None and profile.runtime in allowed:
+    if profile is not None:
+        if profile.runtime not in allowed:
+            fmt = bundle.manifest.format.value
+            readers = ", ".join(r.value for r in allowed)
+            raise ConfigError(
+                f"bundle {bundle.path} is in the {fmt} format, but profile {profile.id!r} runs {profile.runtime.value}, "
+                f"which cannot open it; use a profile for {readers}, or pass --runtime {allowed[0].value} "
+                f"(or --all-runtimes) to bench it there"
+            )
         return [profile.runtime]
     return list(allowed)
 

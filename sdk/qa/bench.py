@@ -76,12 +76,14 @@ class BenchConfig:
     bare_loop: bool = True
     overhead_blocks: int = 100
     overhead_calls: int = 5  # timed calls per block and loop: short blocks follow the machine's load
+    speedup_blocks: int = 40  # round-robin blocks of contenders and baseline, for the speed-up ratio
+    speedup_calls: int = 5
     top_k: int = 5
     worker_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("repeats", "max_repeats", "e2e_repeats", "cold_start_runs", "overhead_blocks",
-                     "overhead_calls", "top_k"):
+                     "overhead_calls", "speedup_blocks", "speedup_calls", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"BenchConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0 or self.min_time_s < 0 or self.throughput_time_s < 0:
@@ -115,14 +117,14 @@ def bench_bundle(
     say = progress or (lambda message: None)
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     chosen_profile = load_profile(profile) if isinstance(profile, (str, Path)) else profile
-    encoded = _encoded_images(config.images)
+    encoded = encoded_images(config.images)
     model = load(opened, chosen_profile, runtime=runtime, device=device, threads=config.threads)
     tag = f"{opened.path.name} on {model.plan.runtime.value}"
     notes: list[str] = []
     with model:
         info = model.info
         say(f"{tag}: {info.actual_device}, {info.precision.value}, threads {info.threads or 'default'}")
-        tensors = _tensors(opened, encoded)
+        tensors = bench_tensors(opened, encoded)
         samples = _inference(model, tensors, config)
         inference = latency_stats(samples)
         say(f"{tag}: inference-only {inference.count} calls, p50 {inference.p50_ms:.3f} ms "
@@ -183,7 +185,12 @@ def synthetic_photos(count: int = 8, *, size: tuple[int, int] = (480, 640), seed
 # --------------------------------------------------------------------------- steps
 
 
-def _encoded_images(images: Sequence[Path | bytes]) -> list[bytes]:
+def encoded_images(images: Sequence[Path | bytes]) -> list[bytes]:
+    """The bench images as encoded bytes held in memory; () -> :func:`synthetic_photos`.
+
+    Raises:
+        InputError: an image file cannot be read.
+    """
     if not images:
         return synthetic_photos()
     encoded = []
@@ -198,7 +205,12 @@ def _encoded_images(images: Sequence[Path | bytes]) -> list[bytes]:
     return encoded
 
 
-def _tensors(bundle: Bundle, encoded: list[bytes]) -> list[np.ndarray]:
+def bench_tensors(bundle: Bundle, encoded: Sequence[bytes]) -> list[np.ndarray]:
+    """The encoded images preprocessed as ``bundle``'s manifest says (random inputs without preprocessing).
+
+    Raises:
+        InputError: an image cannot be decoded.
+    """
     manifest = bundle.manifest
     if manifest.preprocessing is None:
         return [example_input(bundle, seed=i) for i in range(len(encoded))]

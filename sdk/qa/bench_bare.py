@@ -11,7 +11,6 @@ adapter does, so both sides pay for the same output copy.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sdk.enums import Runtime
-from sdk.qa.bench_stats import gc_paused
+from sdk.qa.bench_stats import interleaved_blocks
 from sdk.runtime import BareStep, Session, bare_loop_adapter
 
 
@@ -81,28 +80,11 @@ def measure_overhead(
     reference = np.asarray(adapter(example))
     outputs = step(example)
     diffs = [float(np.max(np.abs(o.astype(np.float64) - reference))) for o in outputs if o.shape == reference.shape]
-    for _ in range(warmup):
-        adapter(example)
-        step(example)
-    clock = time.perf_counter_ns
-    timed: dict[str, list[float]] = {"adapter": [], "bare": []}
-    block_ratios = []
-    loops: dict[str, Callable[[np.ndarray], object]] = {"adapter": adapter, "bare": step}
-    with gc_paused():
-        for b in range(blocks):
-            order = ("adapter", "bare") if b % 2 == 0 else ("bare", "adapter")
-            block: dict[str, list[float]] = {"adapter": [], "bare": []}
-            for name in order:
-                call = loops[name]
-                for _ in range(calls_per_block):
-                    t0 = clock()
-                    call(example)
-                    block[name].append((clock() - t0) / 1e6)
-            block_ratios.append(float(np.median(block["adapter"]) / np.median(block["bare"])))
-            for name in timed:
-                timed[name].extend(block[name])
-    adapter_p50 = float(np.median(timed["adapter"]))
-    bare_p50 = float(np.median(timed["bare"]))
+    timed = interleaved_blocks({"adapter": lambda: adapter(example), "bare": lambda: step(example)},
+                               blocks=blocks, calls_per_block=calls_per_block, warmup=warmup)
+    block_ratios = [float(np.median(a) / np.median(b)) for a, b in zip(timed["adapter"], timed["bare"], strict=True)]
+    adapter_p50 = float(np.median(np.concatenate(timed["adapter"])))
+    bare_p50 = float(np.median(np.concatenate(timed["bare"])))
     p25, p50, p75 = np.percentile(block_ratios, [25, 50, 75])
     return Overhead(
         bare_api=description,

@@ -30,7 +30,7 @@ def summary_table(results: Sequence[BenchResult], comparisons: Sequence[Comparis
     if baseline is not None:
         columns.append("speed-up vs baseline")
         for row, result, comparison in zip(rows, results, [*comparisons, *[None] * len(results)]):
-            text = f"{comparison.infer_p50_speedup:.2f}x" if comparison else None
+            text = comparison.describe_speedup() if comparison else None
             row["speed-up vs baseline"] = "baseline" if result is baseline else text
     return markdown_table(rows, columns)
 
@@ -153,9 +153,9 @@ def bench_markdown(document: Mapping[str, Any], results: Sequence[BenchResult],
                 "note": c.note} for r in results for c in r.budgets]
     if budgets:
         parts += ["## Budgets", markdown_table(budgets)]
-    compared = [{**_who(r), **{k: v for k, v in c.to_dict().items()}} for r, c in zip(results, comparisons) if c]
+    compared = [_comparison_row(r, c) for r, c in zip(results, comparisons, strict=False) if c]
     if compared:
-        parts += ["## Against the baseline (same host, same run)", markdown_table(compared)]
+        parts += ["## Against the baseline (same host, same run)", markdown_table(compared), _SPEEDUP_NOTE]
     notes = [f"- {r.name} on {r.runtime}: {n}" for r in results for n in r.notes]
     if notes:
         parts += ["## Notes", "\n".join(notes)]
@@ -164,6 +164,24 @@ def bench_markdown(document: Mapping[str, Any], results: Sequence[BenchResult],
     versions = ", ".join(f"{k} {v}" for k, v in document["versions"].items())
     parts.append(f"Tool versions: {versions}. Schema version {document['schema_version']}.")
     return "\n\n".join(parts) + "\n"
+
+
+_SPEEDUP_NOTE = (
+    "- `infer speed-up`: median over round-robin blocks (every model `calls_per_block` times per block, the "
+    "order rotated per block) of baseline block median / this block median; IQR and the 95 % CI of that median "
+    "show its spread. The other ratios compare the separate runs above."
+)
+
+
+def _comparison_row(result: BenchResult, comparison: Comparison) -> dict[str, Any]:
+    data = comparison.to_dict()
+    spread = comparison.infer_speedup
+    row = {**_who(result), "infer speed-up": round(comparison.infer_p50_speedup, 3),
+           "IQR": f"{spread.p25:.3f}-{spread.p75:.3f}" if spread else None,
+           "95% CI": f"{spread.ci95_low:.3f}-{spread.ci95_high:.3f}" if spread else None,
+           "blocks": spread.blocks if spread else None, "method": comparison.speedup_method}
+    skip = {"infer_p50_speedup", "infer_speedup", "speedup_method"}
+    return {**row, **{k: v for k, v in data.items() if k not in skip}}
 
 
 def _session_row(result: BenchResult) -> dict[str, Any]:

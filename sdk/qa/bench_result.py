@@ -9,10 +9,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sdk.qa.bench_bare import Overhead
-from sdk.qa.bench_stats import LatencyStats
 from sdk.errors import ConfigError
 from sdk.profiles import Budgets
+from sdk.qa.bench_bare import Overhead
+from sdk.qa.bench_stats import LatencyStats, RatioStats
 
 _MB = 1e6
 SUMMARY_COLUMNS = (
@@ -65,7 +65,7 @@ class ColdStart:
     runs: tuple[Mapping[str, Any], ...]
 
     @classmethod
-    def from_runs(cls, runs: Sequence[Mapping[str, Any]]) -> "ColdStart":
+    def from_runs(cls, runs: Sequence[Mapping[str, Any]]) -> ColdStart:
         def median(key: str) -> float:
             return float(statistics.median(r[key] for r in runs))
 
@@ -89,7 +89,7 @@ class Memory:
     inferences: int
 
     @classmethod
-    def from_runs(cls, runs: Sequence[Mapping[str, Any]]) -> "Memory":
+    def from_runs(cls, runs: Sequence[Mapping[str, Any]]) -> Memory:
         worst = max(runs, key=lambda r: r["delta_mb"])
         return cls(peak_rss_mb=worst["peak_rss_mb"], baseline_rss_mb=worst["baseline_rss_mb"],
                    delta_mb=worst["delta_mb"], method=worst["memory_method"], inferences=worst["inferences"])
@@ -122,15 +122,33 @@ class Comparison:
     """A result against a baseline measured on the same host in the same run (e.g. the teacher)."""
 
     baseline: str  # "<bundle> on <runtime>"
-    infer_p50_speedup: float  # baseline p50 / this p50: > 1 is faster
+    # Inference-only speed-up (> 1 is faster): with ``infer_speedup`` the median of per-block
+    # ratios timed interleaved with the baseline; without it, baseline p50 / this p50 of two
+    # separate runs, which the machine's load can swing.
+    infer_p50_speedup: float
     e2e_p50_speedup: float | None
     throughput_ratio: float | None  # best images/s, this / baseline
     size_ratio: float  # this bundle's bytes / baseline's: < 1 is smaller
     memory_ratio: float | None  # delta MB, this / baseline
     cold_start_speedup: float | None
+    infer_speedup: RatioStats | None = None  # the interleaved per-block ratios' spread
+
+    @property
+    def speedup_method(self) -> str:
+        return "interleaved" if self.infer_speedup else "separate runs"
+
+    def describe_speedup(self) -> str:
+        """E.g. ``2.31x (IQR 2.20-2.45)``; a bare ``2.31x`` when it was not timed interleaved."""
+        spread = self.infer_speedup
+        if spread is None:
+            return f"{self.infer_p50_speedup:.2f}x"
+        return f"{spread.median:.2f}x (IQR {spread.p25:.2f}-{spread.p75:.2f})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+        data = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+        data["infer_speedup"] = self.infer_speedup.to_dict() if self.infer_speedup else None
+        data["speedup_method"] = self.speedup_method
+        return data
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -169,8 +187,11 @@ class BenchResult:
         verdicts = [c.passed for c in self.budgets if c.passed is not None]
         return all(verdicts) if verdicts else None
 
-    def compare_to(self, baseline: "BenchResult") -> Comparison:
+    def compare_to(self, baseline: BenchResult, *, interleaved: RatioStats | None = None) -> Comparison:
         """Speed-up and size ratios against ``baseline`` (e.g. the int8 student vs the teacher).
+
+        ``interleaved``: this result's speed-up timed in blocks interleaved with the baseline
+        (:func:`sdk.qa.bench_compare.interleaved_speedups`); it then gives the inference speed-up.
 
         Raises:
             ConfigError: the two were measured on different hosts, where ratios mean nothing.
@@ -187,7 +208,7 @@ class BenchResult:
         mine, theirs = self.end_to_end, baseline.end_to_end
         return Comparison(
             baseline=baseline.label,
-            infer_p50_speedup=baseline.inference.p50_ms / self.inference.p50_ms,
+            infer_p50_speedup=interleaved.median if interleaved else baseline.inference.p50_ms / self.inference.p50_ms,
             e2e_p50_speedup=ratio(theirs.latency.p50_ms, mine.latency.p50_ms) if mine and theirs else None,
             throughput_ratio=ratio(self.best_throughput, baseline.best_throughput),
             size_ratio=self.bundle_size_bytes / baseline.bundle_size_bytes,
@@ -195,6 +216,7 @@ class BenchResult:
             if self.memory and baseline.memory else None,
             cold_start_speedup=ratio(baseline.cold_start.cold_start_ms, self.cold_start.cold_start_ms)
             if self.cold_start and baseline.cold_start else None,
+            infer_speedup=interleaved,
         )
 
     def summary_row(self) -> dict[str, Any]:

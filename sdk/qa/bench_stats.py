@@ -18,7 +18,7 @@ import dataclasses
 import gc
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,3 +151,78 @@ def time_for(call: Callable[[], int], *, min_time_s: float, min_calls: int) -> t
             calls += 1
         seconds = (clock() - start) / 1e9
     return items, seconds
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RatioStats:
+    """The spread of per-block ratios of two loops timed in interleaved blocks.
+
+    Each block ratio compares two loops that ran back to back under the same machine
+    conditions, so their median stays put where a ratio of two separately measured p50s
+    swings with the machine's load.
+    """
+
+    median: float
+    p25: float
+    p75: float
+    ci95_low: float  # 95 % confidence interval of the median (order statistics)
+    ci95_high: float
+    blocks: int
+    calls_per_block: int
+
+    def describe(self) -> str:
+        """E.g. ``2.31x (IQR 2.20-2.45, 95% CI 2.25-2.38, 40 blocks)``."""
+        return (f"{self.median:.2f}x (IQR {self.p25:.2f}-{self.p75:.2f}, 95% CI {self.ci95_low:.2f}-"
+                f"{self.ci95_high:.2f}, {self.blocks} blocks)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def ratio_stats(ratios: Sequence[float] | np.ndarray, *, calls_per_block: int) -> RatioStats:
+    """Median, IQR and the median's 95 % CI of per-block ratios.
+
+    Raises:
+        ConfigError: there are no ratios.
+    """
+    x = np.sort(np.asarray(ratios, dtype=np.float64))
+    if x.size == 0:
+        raise ConfigError("ratio_stats got no block ratios; time at least one block")
+    p25, p50, p75 = np.percentile(x, [25, 50, 75])
+    low, high = median_ci(x)
+    return RatioStats(median=float(p50), p25=float(p25), p75=float(p75), ci95_low=low, ci95_high=high,
+                      blocks=int(x.size), calls_per_block=calls_per_block)
+
+
+def interleaved_blocks(
+    loops: Mapping[str, Callable[[], object]],
+    *,
+    blocks: int,
+    calls_per_block: int,
+    warmup: int,
+) -> dict[str, list[np.ndarray]]:
+    """Time every loop in round-robin blocks: per loop, one array of ms per call for each block.
+
+    Block ``b`` runs the loops in the order rotated by ``b`` (A B C, B C A, C A B, ...; with
+    two loops A B, B A), so each loop goes first equally often and no loop profits from its
+    place. Short blocks follow the machine's drifts (another job, frequency changes): loops
+    in one block see the same conditions.
+    """
+    names = list(loops)
+    for _ in range(warmup):
+        for name in names:
+            loops[name]()
+    clock = time.perf_counter_ns
+    timed: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    with gc_paused():
+        for b in range(blocks):
+            shift = b % len(names)
+            for name in names[shift:] + names[:shift]:
+                call = loops[name]
+                samples = []
+                for _ in range(calls_per_block):
+                    t0 = clock()
+                    call()
+                    samples.append(clock() - t0)
+                timed[name].append(np.asarray(samples, dtype=np.float64) / _NS_PER_MS)
+    return timed
