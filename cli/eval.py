@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cli import emit, log
 from sdk.data import default_data_root, load_split
@@ -12,7 +13,9 @@ from sdk.qa.tables import markdown_table
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", nargs="+", help="bundle directories")
-    parser.add_argument("--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)")
+    parser.add_argument(
+        "--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)"
+    )
     parser.add_argument("--split", default="val", help="split to evaluate (default val)")
     parser.add_argument("--runtime", help="runtime to use (default: the profile's, else the format's)")
     parser.add_argument("--device", help="device (default: the profile's, else CPU)")
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"[eval] {path}: {len(dataset)} images")
         result = evaluate(path, dataset, profile=args.profile, runtime=args.runtime, device=args.device)
         results.append(result)
-    payload = {"results": [r.summary() for r in results]}
+    payload: dict[str, Any] = {"results": [r.summary() for r in results]}
     if len(results) > 1:
         payload["agreement_with_first"] = [r.agreement(results[0]) for r in results]
     rows = [

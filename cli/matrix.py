@@ -11,41 +11,66 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdk.qa.bench import BenchConfig
 from cli import emit, log
 from sdk.data import default_data_root, load_split
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.profiles import load_profile
+from sdk.qa.bench import BenchConfig
 
 # --quick: every number once (CI smoke tests, demos), not numbers to compare; the same loop
 # lengths as ``shelfedge bench --quick``.
-QUICK = BenchConfig(warmup=3, repeats=20, min_time_s=0.1, throughput_time_s=0.1, e2e_repeats=10,
-                    overhead_blocks=10, overhead_calls=3, cold_start_runs=1, batch_sizes=(1, 4))
+QUICK = BenchConfig(
+    warmup=3,
+    repeats=20,
+    min_time_s=0.1,
+    throughput_time_s=0.1,
+    e2e_repeats=10,
+    overhead_blocks=10,
+    overhead_calls=3,
+    cold_start_runs=1,
+    batch_sizes=(1, 4),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundles", required=True, metavar="DIR",
-                        help="directory searched recursively for bundles (an export or 'shelfedge convert --out' dir)")
-    parser.add_argument("--profiles", required=True, metavar="P1,P2",
-                        help="comma-separated hardware profile ids or YAML paths")
-    parser.add_argument("--reference", required=True,
-                        help="a saved reference directory (shelfedge reference) or the server model's Keras bundle")
-    parser.add_argument("--data",
-                        help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)")
+    parser.add_argument(
+        "--bundles",
+        required=True,
+        metavar="DIR",
+        help="directory searched recursively for bundles (an export or 'shelfedge convert --out' dir)",
+    )
+    parser.add_argument(
+        "--profiles", required=True, metavar="P1,P2", help="comma-separated hardware profile ids or YAML paths"
+    )
+    parser.add_argument(
+        "--reference",
+        required=True,
+        help="a saved reference directory (shelfedge reference) or the server model's Keras bundle",
+    )
+    parser.add_argument(
+        "--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)"
+    )
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=0, help="first N images when computing the reference now")
-    parser.add_argument("--bench-images", type=int, default=32,
-                        help="bench on N of the parity images, evenly spread (default 32)")
-    parser.add_argument("--quick", action="store_true",
-                        help="short bench loops and one fresh process per pair (smoke tests; numbers are rough)")
+    parser.add_argument(
+        "--bench-images", type=int, default=32, help="bench on N of the parity images, evenly spread (default 32)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short bench loops and one fresh process per pair (smoke tests; numbers are rough)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
     parser.add_argument("--out", default="out/matrix", help="report directory (default out/matrix)")
-    parser.epilog = ("example: shelfedge matrix --bundles out/convert --profiles x86-kiosk-cpu,onnxruntime-cpu,"
-                     "android-arm64 --reference out/ref --quick")
+    parser.epilog = (
+        "example: shelfedge matrix --bundles out/convert --profiles x86-kiosk-cpu,onnxruntime-cpu,"
+        "android-arm64 --reference out/ref --quick"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdk.qa.matrix import run_matrix, write_matrix_report
+    from sdk.qa.matrix import run_matrix
+    from sdk.qa.matrix_report import write_matrix_report
     from sdk.qa.parity_run import open_reference
 
     names = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -59,8 +84,16 @@ def run(args: argparse.Namespace) -> int:
         dataset = dataset.head(args.limit)
     reference = open_reference(args.reference, dataset, log=log)
     base = QUICK if args.quick else BenchConfig()
-    result = run_matrix(args.bundles, profiles, reference, dataset, bench=base,
-                        bench_images=args.bench_images, exclude=[Path(args.reference)], log=log)
+    result = run_matrix(
+        args.bundles,
+        profiles,
+        reference,
+        dataset,
+        bench=base,
+        bench_images=args.bench_images,
+        exclude=[Path(args.reference)],
+        log=log,
+    )
     written = write_matrix_report(args.out, result, plots=not args.no_plots, log=log)
     if not result.ran and not any(row.status == "error" for row in result.rows):
         raise BackendUnavailableError(
@@ -71,17 +104,22 @@ def run(args: argparse.Namespace) -> int:
 
     def text() -> str:
         counts = document["counts"]
-        lines = [f"\nshelfedge matrix: {len(result.rows)} rows ({counts['ran']} ran, {counts['skipped']} skipped, "
-                 f"{counts['error']} errors) on {document['host']['cpu']}; reference "
-                 f"{result.reference.get('runtime')} on {result.reference.get('device')}, {result.images} images",
-                 "", result.table(skipped=False), ""]
+        lines = [
+            f"\nshelfedge matrix: {len(result.rows)} rows ({counts['ran']} ran, {counts['skipped']} skipped, "
+            f"{counts['error']} errors) on {document['host']['cpu']}; reference "
+            f"{result.reference.get('runtime')} on {result.reference.get('device')}, {result.images} images",
+            "",
+            result.table(skipped=False),
+            "",
+        ]
         skipped = result.skipped_reasons()
         if skipped:
             lines += ["skipped pairs (all listed in matrix.md):"]
             lines += [f"  {count} x {reason}" for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1])]
             lines.append("")
-        lines += [f"FAIL {row.name} x {row.profile or '-'}: {failure}"
-                  for row in result.rows for failure in row.failures]
+        lines += [
+            f"FAIL {row.name} x {row.profile or '-'}: {failure}" for row in result.rows for failure in row.failures
+        ]
         lines.append("verdict: " + ("PASS" if result.passed else "FAIL"))
         lines.append("report: " + ", ".join(str(p) for p in written.values()))
         return "\n".join(lines)

@@ -51,7 +51,7 @@ def make_spec(
     return TensorSpec(
         name=name,
         shape=dims,
-        dtype=np.dtype(dtype).name,
+        dtype=np.dtype(dtype).name,  # type: ignore[call-overload]  # any dtype-like the backends report
         layout=infer_layout(dims),
         quantization=quantization,
     )
@@ -70,8 +70,7 @@ def require_file(model_path: Path, runtime: str, *, directory_ok: bool = False) 
     """
     if not model_path.exists():
         raise InferenceError(
-            f"{runtime}: model file {model_path} does not exist; check the bundle path "
-            f"or re-package the bundle"
+            f"{runtime}: model file {model_path} does not exist; check the bundle path or re-package the bundle"
         )
     if model_path.is_dir() and not directory_ok:
         raise InferenceError(f"{runtime}: {model_path} is a directory, expected a model file")
@@ -118,7 +117,7 @@ def check_specs(
                 f"is {model_spec.dtype}; re-package the bundle so its manifest matches the model"
             )
         if len(spec.shape) != len(model_spec.shape) or any(
-            a != b and -1 not in (a, b) for a, b in zip(spec.shape[1:], model_spec.shape[1:])
+            a != b and -1 not in (a, b) for a, b in zip(spec.shape[1:], model_spec.shape[1:], strict=True)
         ):
             raise ManifestError(
                 f"{model_path}: manifest {kind} {spec.name!r} has shape {spec.shape}, the model's "
@@ -135,8 +134,7 @@ def check_specs(
         missing = sorted({s.name for s in actual} - {m.name for m in matched})
         if missing:
             raise ManifestError(
-                f"{model_path}: the model needs inputs {missing} that the manifest does not list; "
-                f"re-package the bundle"
+                f"{model_path}: the model needs inputs {missing} that the manifest does not list; re-package the bundle"
             )
     return matched
 

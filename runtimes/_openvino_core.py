@@ -60,9 +60,7 @@ def read(model_path: Path) -> Any:
         raise load_failed(model_path, NAME, e) from e
 
 
-def compile_model(
-    ov_core: Any, model: Any, device: str, config: dict[str, Any], model_path: Path | None = None
-) -> Any:
+def compile_model(ov_core: Any, model: Any, device: str, config: dict[str, Any], model_path: Path | None = None) -> Any:
     """Compile ``model`` for ``device`` with ``config``.
 
     Raises:

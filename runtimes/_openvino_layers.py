@@ -53,7 +53,11 @@ def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[Laye
     # Named by the output tensor where the model has tensor names (ONNX): an optimizer that fuses
     # BatchNorm into a convolution keeps the node's name but gives it the fused tensor's name.
     return [
-        (min(op.output(0).get_names(), default=op.get_friendly_name()), op.get_type_name(), values[op.get_friendly_name()])
+        (
+            min(op.output(0).get_names(), default=op.get_friendly_name()),
+            op.get_type_name(),
+            values[op.get_friendly_name()],
+        )
         for op in layers
         if op.get_friendly_name() in values
     ]

@@ -135,8 +135,8 @@ def open_session(
                 options,
                 _NAME,
                 f"the delegate library {ro.delegate!r} could not be loaded ({e})",
-                f"install it (for Coral: the libedgetpu runtime) or set the delegate's full path in "
-                f"the hardware profile's runtime_options.delegate",
+                "install it (for Coral: the libedgetpu runtime) or set the delegate's full path in "
+                "the hardware profile's runtime_options.delegate",
                 cause=e,
             )
             fell_back = True
@@ -171,12 +171,10 @@ def open_session(
         fallback_reason=reason,
         details={"delegate_options": dict(ro.delegate_options), "model": str(model_path)},
     )
-    feeds = [(given.name, in_index[spec.name]) for given, spec in zip(inputs, in_specs)]
-    fetches = [(given.name, out_index[spec.name]) for given, spec in zip(outputs, out_specs)]
+    feeds = [(given.name, in_index[spec.name]) for given, spec in zip(inputs, in_specs, strict=True)]
+    fetches = [(given.name, out_index[spec.name]) for given, spec in zip(outputs, out_specs, strict=True)]
     # Any batch size runs (the interpreter resizes), whatever the file's batch dim says.
-    return LiteRTSession(
-        interpreter, feeds, fetches, with_dynamic_batch(inputs), with_dynamic_batch(outputs), info
-    )
+    return LiteRTSession(interpreter, feeds, fetches, with_dynamic_batch(inputs), with_dynamic_batch(outputs), info)
 
 
 def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
@@ -223,9 +221,7 @@ class LiteRTSession(BaseSession):
         self._feeds = feeds
         self._fetches = fetches
         # The shape each input is allocated for; a feed of another shape triggers one resize.
-        self._shapes = {
-            d["index"]: tuple(int(x) for x in d["shape"]) for d in interpreter.get_input_details()
-        }
+        self._shapes = {d["index"]: tuple(int(x) for x in d["shape"]) for d in interpreter.get_input_details()}
 
     def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter

@@ -33,22 +33,41 @@ _PROVIDERS_FOR_DEVICE: dict[Device, tuple[str, ...]] = {
     Device.CPU: (_CPU,),
     # TensorRT is left to an explicit execution_providers list: onnxruntime-gpu lists it as
     # available even where TensorRT itself is not installed.
-    Device.GPU: ("CUDAExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
-                 "DmlExecutionProvider", "CoreMLExecutionProvider"),
-    Device.NPU: ("OpenVINOExecutionProvider", "QNNExecutionProvider", "VitisAIExecutionProvider",
-                 "CoreMLExecutionProvider"),
+    Device.GPU: (
+        "CUDAExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+        "DmlExecutionProvider",
+        "CoreMLExecutionProvider",
+    ),
+    Device.NPU: (
+        "OpenVINOExecutionProvider",
+        "QNNExecutionProvider",
+        "VitisAIExecutionProvider",
+        "CoreMLExecutionProvider",
+    ),
     Device.TPU: (),
 }
 # The device class a provider runs on, for SessionInfo.actual_device; the OpenVINO EP
 # runs wherever its device_type says, so it is reported with the requested device.
 _DEVICE_OF_PROVIDER = {
-    _CPU: "CPU", "TensorrtExecutionProvider": "GPU", "CUDAExecutionProvider": "GPU",
-    "ROCMExecutionProvider": "GPU", "MIGraphXExecutionProvider": "GPU", "DmlExecutionProvider": "GPU",
-    "QNNExecutionProvider": "NPU", "VitisAIExecutionProvider": "NPU", "CoreMLExecutionProvider": "ANE/GPU",
+    _CPU: "CPU",
+    "TensorrtExecutionProvider": "GPU",
+    "CUDAExecutionProvider": "GPU",
+    "ROCMExecutionProvider": "GPU",
+    "MIGraphXExecutionProvider": "GPU",
+    "DmlExecutionProvider": "GPU",
+    "QNNExecutionProvider": "NPU",
+    "VitisAIExecutionProvider": "NPU",
+    "CoreMLExecutionProvider": "ANE/GPU",
 }
 _ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
     "tensor(int64)": "int64",
 }
 
@@ -116,14 +135,11 @@ def open_session(
     # itself (ORT rejects the flag together with an explicit CPU EP).
     cpu_fallback_disabled = strict and _CPU not in providers
 
-    session_options = ort.SessionOptions()
-    if ro.threads:
-        session_options.intra_op_num_threads = int(ro.threads)
-    if cpu_fallback_disabled:
-        session_options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    session_options = _session_options(ro.threads, cpu_fallback_disabled)
     provider_options = [
         {"device_type": options.device.value}
-        if p == "OpenVINOExecutionProvider" and options.device is not Device.AUTO else {}
+        if p == "OpenVINOExecutionProvider" and options.device is not Device.AUTO
+        else {}
         for p in providers
     ]
     try:
@@ -144,9 +160,9 @@ def open_session(
     dropped = [p for p in providers if p not in actual]
     if dropped:
         problem = accelerator_unavailable(
-            options, _NAME,
-            f"execution providers {', '.join(dropped)} failed to initialise (the session has "
-            f"{', '.join(actual)})",
+            options,
+            _NAME,
+            f"execution providers {', '.join(dropped)} failed to initialise (the session has {', '.join(actual)})",
             "check the accelerator's driver and libraries (CUDA, cuDNN, TensorRT...)",
         )
         reason = f"{reason}; {problem}" if reason else problem
@@ -163,13 +179,26 @@ def open_session(
         actual_accelerator=", ".join(actual),
         fell_back=reason is not None,
         fallback_reason=reason,
-        details={"providers": actual, "available_providers": list(available),
-                 "cpu_fallback_disabled": cpu_fallback_disabled,
-                 "precision_source": precision_source, "model": str(model_path)},
+        details={
+            "providers": actual,
+            "available_providers": list(available),
+            "cpu_fallback_disabled": cpu_fallback_disabled,
+            "precision_source": precision_source,
+            "model": str(model_path),
+        },
     )
     feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs, strict=True)]
     fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs, strict=True)]
     return OnnxRuntimeSession(session, feeds, fetches, inputs, outputs, info)
+
+
+def _session_options(threads: int | None, cpu_fallback_disabled: bool) -> Any:
+    session_options = _ort().SessionOptions()
+    if threads:
+        session_options.intra_op_num_threads = int(threads)
+    if cpu_fallback_disabled:
+        session_options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    return session_options
 
 
 def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
@@ -181,11 +210,8 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
         InferenceError: the model cannot be loaded.
     """
     info = session.info
-    session_options = _ort().SessionOptions()
-    if info.threads:
-        session_options.intra_op_num_threads = int(info.threads)
     providers = list(info.details.get("providers") or [_CPU])
-    bare = _load(Path(model_path), providers, session_options)
+    bare = _load(Path(model_path), providers, _session_options(info.threads, False))
     require_single_input(len(bare.get_inputs()), Path(model_path))
     name = bare.get_inputs()[0].name
     run = bare.run
@@ -219,15 +245,13 @@ class OnnxRuntimeSession(BaseSession):
         if self._renamed:
             feed = {model_name: feed[given] for given, model_name in self._feeds}
         values = self._session.run(self._fetch_names, feed)
-        return dict(zip(self._result_names, values))
+        return dict(zip(self._result_names, values, strict=True))
 
     def _close(self) -> None:
         self._session = None
 
 
-def _choose_providers(
-    options: SessionOptions, available: list[str]
-) -> tuple[list[str], list[str], str | None]:
+def _choose_providers(options: SessionOptions, available: list[str]) -> tuple[list[str], list[str], str | None]:
     """(requested, providers to use, fallback reason or None), per the fallback policy.
 
     Raises:
@@ -264,15 +288,16 @@ def _choose_providers(
     return requested, providers, reason
 
 
-def _load(model_path: Path, providers: list[str], session_options: Any,
-          provider_options: list[dict[str, str]] | None = None) -> Any:
+def _load(
+    model_path: Path, providers: list[str], session_options: Any, provider_options: list[dict[str, str]] | None = None
+) -> Any:
     require_file(model_path, _NAME)
     ort = _ort()
     try:
         return ort.InferenceSession(
             str(model_path), session_options, providers=providers, provider_options=provider_options
         )
-    except Exception as e:  # noqa: BLE001 - ORT raises its own pybind error types, all Exception
+    except Exception as e:
         raise load_failed(model_path, _NAME, e) from e
 
 
@@ -337,10 +362,12 @@ def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[Laye
     try:
         model = onnx.load(str(model_path))
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, ValidationError, ...
+    except Exception as e:
         raise load_failed(Path(model_path), _NAME, e) from e
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
+    }
     constant = {t.name for t in model.graph.initializer}
     existing = {o.name for o in model.graph.output}
     layers = []
@@ -360,6 +387,6 @@ def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[Laye
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=[_CPU])
         values = session.run([n for n, _ in layers], dict(feed))
-    except Exception as e:  # noqa: BLE001 - ORT's pybind errors
+    except Exception as e:
         raise InferenceError(f"{_NAME}: {model_path} failed on the localisation inputs: {e}") from e
-    return [(name, kind, np.asarray(v)) for (name, kind), v in zip(layers, values)]
+    return [(name, kind, np.asarray(v)) for (name, kind), v in zip(layers, values, strict=True)]

@@ -82,8 +82,9 @@ def backend_info() -> dict[str, Any]:
         ImportError: the openvino package is not installed.
     """
     ov_core = core()
-    devices = [{"device": d, "full_name": str(ov_core.get_property(d, "FULL_DEVICE_NAME"))}
-               for d in ov_core.available_devices]
+    devices = [
+        {"device": d, "full_name": str(ov_core.get_property(d, "FULL_DEVICE_NAME"))} for d in ov_core.available_devices
+    ]
     return {"name": NAME, "version": ov().get_version(), "package": "openvino", "devices": devices}
 
 

@@ -97,8 +97,11 @@ def open_session(
     else:
         device, actual = "/CPU:0", "CPU"
         if options.device not in (Device.CPU, Device.AUTO):
-            what = "no GPU present" if options.device is Device.GPU else (
-                f"the TensorFlow reference runs on GPU or CPU, not {options.device.value}")
+            what = (
+                "no GPU present"
+                if options.device is Device.GPU
+                else (f"the TensorFlow reference runs on GPU or CPU, not {options.device.value}")
+            )
             fix = "run the reference on a machine with a CUDA GPU and tensorflow[and-cuda]"
             problem = accelerator_unavailable(options, _NAME, what, fix)
             fell_back, reason = True, f"{problem}: CPU fp32 reference"
@@ -123,8 +126,8 @@ def open_session(
         fallback_reason=reason,
         details={"format": loaded.kind, "threads": threads_note, "model": str(model_path)},
     )
-    feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs)]
-    fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs)]
+    feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs, strict=True)]
+    fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs, strict=True)]
     return TensorFlowSession(loaded, function, device, feeds, fetches, inputs, outputs, info)
 
 
@@ -217,15 +220,14 @@ class _Loaded:
             return self.obj.signatures[_SIGNATURE]
         tf = _tf()
         model, names, out_names = self.obj, [s.name for s in self.inputs], [s.name for s in self.outputs]
-        signature = [tf.TensorSpec([None if d < 0 else d for d in s.shape], s.dtype, name=s.name)
-                     for s in self.inputs]
+        signature = [tf.TensorSpec([None if d < 0 else d for d in s.shape], s.dtype, name=s.name) for s in self.inputs]
 
         def call(*args: Any) -> dict[str, Any]:
-            result = model(args[0] if len(args) == 1 else dict(zip(names, args)), training=False)
+            result = model(args[0] if len(args) == 1 else dict(zip(names, args, strict=False)), training=False)
             if isinstance(result, Mapping):
                 return dict(result)
             if isinstance(result, (list, tuple)):
-                return dict(zip(out_names, result))
+                return dict(zip(out_names, result, strict=False))
             return {out_names[0]: result}
 
         concrete = tf.function(call).get_concrete_function(*signature)
@@ -238,7 +240,7 @@ def _load(model_path: Path) -> _Loaded:
     if model_path.is_dir():
         try:
             obj = tf.saved_model.load(str(model_path))
-        except Exception as e:  # noqa: BLE001 - the loader raises many types; all are load failures
+        except Exception as e:
             raise load_failed(model_path, _NAME, e) from e
         if _SIGNATURE not in obj.signatures:
             raise InferenceError(
@@ -248,8 +250,10 @@ def _load(model_path: Path) -> _Loaded:
         signature = obj.signatures[_SIGNATURE]
         given = signature.structured_input_signature[1]
         inputs = [make_spec(name, s.shape.as_list(), s.dtype.as_numpy_dtype) for name, s in given.items()]
-        outputs = [make_spec(name, s.shape.as_list(), s.dtype.as_numpy_dtype)
-                   for name, s in signature.structured_outputs.items()]
+        outputs = [
+            make_spec(name, s.shape.as_list(), s.dtype.as_numpy_dtype)
+            for name, s in signature.structured_outputs.items()
+        ]
         precision = Precision.FP16 if any(s.dtype == "float16" for s in inputs) else Precision.FP32
         return _Loaded("savedmodel", obj, inputs, outputs, precision)
     try:
@@ -260,10 +264,10 @@ def _load(model_path: Path) -> _Loaded:
         ) from e
     try:
         model = keras.saving.load_model(str(model_path), compile=False)
-    except Exception as e:  # noqa: BLE001 - as above (zipfile, h5py, deserialization errors)
+    except Exception as e:
         raise load_failed(model_path, _NAME, e) from e
     inputs = [make_spec(t.name, t.shape, t.dtype) for t in model.inputs]
-    outputs = [make_spec(name, t.shape, t.dtype) for name, t in zip(model.output_names, model.outputs)]
+    outputs = [make_spec(name, t.shape, t.dtype) for name, t in zip(model.output_names, model.outputs, strict=False)]
     mixed = any(
         getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32") in ("float16", "bfloat16")
         for layer in model.layers

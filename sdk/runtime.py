@@ -47,14 +47,22 @@ class AdapterEntry:
 
 
 ADAPTERS: dict[Runtime, AdapterEntry] = {
-    Runtime.LITERT: AdapterEntry(module="runtimes.litert", extra="litert", capabilities=frozenset({
-        Capability.BARE_LOOP})),
-    Runtime.OPENVINO: AdapterEntry(module="runtimes.openvino", extra="openvino", capabilities=frozenset({
-        Capability.BARE_LOOP, Capability.LAYER_OUTPUTS, Capability.ASYNC_REQUESTS})),
-    Runtime.ONNXRUNTIME: AdapterEntry(module="runtimes.onnxruntime", extra="onnx", capabilities=frozenset({
-        Capability.BARE_LOOP, Capability.LAYER_OUTPUTS})),
-    Runtime.TENSORFLOW: AdapterEntry(module="runtimes.tensorflow", extra="tf", capabilities=frozenset({
-        Capability.BARE_LOOP})),
+    Runtime.LITERT: AdapterEntry(
+        module="runtimes.litert", extra="litert", capabilities=frozenset({Capability.BARE_LOOP})
+    ),
+    Runtime.OPENVINO: AdapterEntry(
+        module="runtimes.openvino",
+        extra="openvino",
+        capabilities=frozenset({Capability.BARE_LOOP, Capability.LAYER_OUTPUTS, Capability.ASYNC_REQUESTS}),
+    ),
+    Runtime.ONNXRUNTIME: AdapterEntry(
+        module="runtimes.onnxruntime",
+        extra="onnx",
+        capabilities=frozenset({Capability.BARE_LOOP, Capability.LAYER_OUTPUTS}),
+    ),
+    Runtime.TENSORFLOW: AdapterEntry(
+        module="runtimes.tensorflow", extra="tf", capabilities=frozenset({Capability.BARE_LOOP})
+    ),
 }
 
 
@@ -109,7 +117,12 @@ class Session(Protocol):
 
     def __enter__(self) -> Session: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 # One step of a bare loop: the model on one input tensor, through the backend's own API.
@@ -203,7 +216,7 @@ class BaseSession:
         check_feed(self._inputs, feed, where=f"{self.info.runtime.value} session")
         try:
             return self._run(feed)
-        except Exception as e:  # noqa: BLE001 - backend errors vary; wrap them all with the cause
+        except Exception as e:
             raise InferenceError(f"{self.info.runtime.value} failed to run the model: {e}") from e
 
     def run_unchecked(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -252,8 +265,7 @@ def adapter_module(runtime: Runtime) -> ModuleType:
         module.require_backend()
     except ImportError as e:
         raise BackendUnavailableError(
-            f"runtime {runtime.value!r} is not available: {e}; "
-            f"install it with: pip install 'shelfedge[{entry.extra}]'"
+            f"runtime {runtime.value!r} is not available: {e}; install it with: pip install 'shelfedge[{entry.extra}]'"
         ) from e
     return module
 

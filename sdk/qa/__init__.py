@@ -1,1 +1,2 @@
-"""The parity and benchmark harness: reference outputs, parity checks and localisation, benchmarks, the matrix, reports. The sdk core never imports it."""
+"""The parity and benchmark harness: reference outputs, parity checks and localisation,
+benchmarks, the matrix, reports. The sdk core never imports it."""

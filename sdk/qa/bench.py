@@ -29,6 +29,12 @@ import cv2
 import numpy as np
 
 from sdk import preprocess as pp
+from sdk.bundle import Bundle
+from sdk.classifier import ImageClassifier
+from sdk.enums import Device, Runtime, Task
+from sdk.errors import BackendUnavailableError, ConfigError, InferenceError, InputError, ParityError
+from sdk.loading import Model, load
+from sdk.profiles import HardwareProfile, load_profile
 from sdk.qa.bench_bare import Overhead, bare_step, measure_overhead
 from sdk.qa.bench_result import (
     BenchResult,
@@ -40,12 +46,6 @@ from sdk.qa.bench_result import (
 )
 from sdk.qa.bench_stats import gc_paused, latency_stats, time_calls, time_for
 from sdk.qa.bench_worker import example_input, run_worker
-from sdk.bundle import Bundle
-from sdk.classifier import ImageClassifier
-from sdk.enums import Device, Runtime, Task
-from sdk.errors import BackendUnavailableError, ConfigError, InferenceError, InputError, ParityError
-from sdk.loading import Model, load
-from sdk.profiles import HardwareProfile, load_profile
 from sdk.runtime import Capability, async_adapter, supports
 from sdk.versions import host_info
 
@@ -82,8 +82,17 @@ class BenchConfig:
     worker_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("repeats", "max_repeats", "e2e_repeats", "cold_start_runs", "overhead_blocks",
-                     "overhead_calls", "speedup_blocks", "speedup_calls", "top_k"):
+        for name in (
+            "repeats",
+            "max_repeats",
+            "e2e_repeats",
+            "cold_start_runs",
+            "overhead_blocks",
+            "overhead_calls",
+            "speedup_blocks",
+            "speedup_calls",
+            "top_k",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"BenchConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0 or self.min_time_s < 0 or self.throughput_time_s < 0:
@@ -127,8 +136,10 @@ def bench_bundle(
         tensors = bench_tensors(opened, encoded)
         samples = _inference(model, tensors, config)
         inference = latency_stats(samples)
-        say(f"{tag}: inference-only {inference.count} calls, p50 {inference.p50_ms:.3f} ms "
-            f"(±{inference.p50_ci_half_width_pct:.1f} %), p99 {inference.p99_ms:.3f} ms")
+        say(
+            f"{tag}: inference-only {inference.count} calls, p50 {inference.p50_ms:.3f} ms "
+            f"(±{inference.p50_ci_half_width_pct:.1f} %), p99 {inference.p99_ms:.3f} ms"
+        )
         end_to_end = None
         if config.end_to_end:
             end_to_end = _end_to_end(model, encoded, config, notes)
@@ -156,8 +167,11 @@ def bench_bundle(
         cold_start=cold_start,
         memory=memory,
         overhead=overhead,
-        budgets=check_budgets(budgets, inference=inference, end_to_end=end_to_end, memory=memory,
-                              bundle_size_bytes=opened.size_bytes()) if budgets else (),
+        budgets=check_budgets(
+            budgets, inference=inference, end_to_end=end_to_end, memory=memory, bundle_size_bytes=opened.size_bytes()
+        )
+        if budgets
+        else (),
         host=host_info(),
         notes=tuple(notes),
     )
@@ -177,7 +191,7 @@ def synthetic_photos(count: int = 8, *, size: tuple[int, int] = (480, 640), seed
             dy, dx = int(rng.integers(20, h // 3)), int(rng.integers(20, w // 3))
             image[y : y + dy, x : x + dx] = rng.integers(0, 256, 3)
         image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         photos.append(data.tobytes())
     return photos
 
@@ -221,15 +235,22 @@ def _inference(model: Model, tensors: list[np.ndarray], config: BenchConfig) -> 
     name = model.input_spec.name
     feeds = [{name: t} for t in tensors]
     # Model.run with its feed checks: the call apps make, so its cost is what they pay.
-    return time_calls(lambda i: model.run(feeds[i % len(feeds)]), warmup=config.warmup,
-                      min_calls=config.repeats, min_time_s=config.min_time_s, max_calls=config.max_repeats)
+    return time_calls(
+        lambda i: model.run(feeds[i % len(feeds)]),
+        warmup=config.warmup,
+        min_calls=config.repeats,
+        min_time_s=config.min_time_s,
+        max_calls=config.max_repeats,
+    )
 
 
 def _end_to_end(model: Model, encoded: list[bytes], config: BenchConfig, notes: list[str]) -> EndToEnd | None:
     manifest = model.bundle.manifest
     if manifest.task is not Task.IMAGE_CLASSIFICATION or manifest.preprocessing is None:
-        notes.append(f"end to end skipped: ImageClassifier needs an image_classification bundle with "
-                     f"preprocessing; this is a {manifest.task.value} bundle")
+        notes.append(
+            f"end to end skipped: ImageClassifier needs an image_classification bundle with "
+            f"preprocessing; this is a {manifest.task.value} bundle"
+        )
         return None
     classifier = ImageClassifier(model)  # shares the session; closed with the model
     hits = []
@@ -239,7 +260,8 @@ def _end_to_end(model: Model, encoded: list[bytes], config: BenchConfig, notes: 
             hits.append(top1 == config.labels[i])
     for i in range(config.warmup):
         classifier.classify(encoded[i % len(encoded)], config.top_k)
-    totals, stages = [], []
+    totals: list[float] = []
+    stages = []
     clock, spent = time.perf_counter_ns, 0
     with gc_paused():
         budget_ns = config.min_time_s * 1e9
@@ -252,8 +274,15 @@ def _end_to_end(model: Model, encoded: list[bytes], config: BenchConfig, notes: 
             totals.append(elapsed / 1e6)
             stages.append(result.timings)
     # Decoding is inside the classifier's preprocess stage; time it alone to split the two.
-    decode = np.median(time_calls(lambda i: pp.decode_image(encoded[i % len(encoded)]), warmup=len(encoded),
-                                  min_calls=3 * len(encoded), min_time_s=0.0, max_calls=3 * len(encoded)))
+    decode = np.median(
+        time_calls(
+            lambda i: pp.decode_image(encoded[i % len(encoded)]),
+            warmup=len(encoded),
+            min_calls=3 * len(encoded),
+            min_time_s=0.0,
+            max_calls=3 * len(encoded),
+        )
+    )
     pre = float(np.median([s.preprocess_ms for s in stages]))
     return EndToEnd(
         latency=latency_stats(totals),
@@ -273,8 +302,14 @@ def _overhead(model: Model, example: np.ndarray, config: BenchConfig, notes: lis
         notes.append(f"overhead not measured: {e}")
         return None
     name, output = model.input_spec.name, model.bundle.manifest.outputs[0].name
-    return measure_overhead(lambda x: model.run({name: x})[output], bare, example, blocks=config.overhead_blocks,
-                            calls_per_block=config.overhead_calls, warmup=config.warmup)
+    return measure_overhead(
+        lambda x: model.run({name: x})[output],
+        bare,
+        example,
+        blocks=config.overhead_blocks,
+        calls_per_block=config.overhead_calls,
+        warmup=config.warmup,
+    )
 
 
 def _throughput(model: Model, tensors: list[np.ndarray], config: BenchConfig) -> list[ThroughputPoint]:
@@ -283,13 +318,17 @@ def _throughput(model: Model, tensors: list[np.ndarray], config: BenchConfig) ->
         feed = {name: np.concatenate([tensors[j % len(tensors)] for j in range(batch)], axis=0)}
         for _ in range(2):  # a new batch size may resize or compile: not part of the steady state
             model.run(feed)
+
         def step(feed: dict[str, np.ndarray] = feed, batch: int = batch) -> int:
             model.run(feed)
             return batch
 
         images, seconds = time_for(step, min_time_s=config.throughput_time_s, min_calls=3)
-        points.append(ThroughputPoint(mode="sync", batch=batch, requests=1, images_per_s=images / seconds,
-                                      images=images, seconds=seconds))
+        points.append(
+            ThroughputPoint(
+                mode="sync", batch=batch, requests=1, images_per_s=images / seconds, images=images, seconds=seconds
+            )
+        )
     if config.async_throughput and supports(model.plan.runtime, Capability.ASYNC_REQUESTS):
         points.append(_async_throughput(model, tensors, config))
     return points
@@ -300,29 +339,44 @@ def _async_throughput(model: Model, tensors: list[np.ndarray], config: BenchConf
     # stream, so parallel requests on it would measure queueing, not throughput.
     manifest = model.bundle.manifest
     adapter = async_adapter(model.plan.runtime)
-    session = adapter.open_async_session(model.bundle.model_path, list(manifest.inputs), list(manifest.outputs),
-                                         model.plan.options, requests=config.async_requests)
+    session = adapter.open_async_session(
+        model.bundle.model_path,
+        list(manifest.inputs),
+        list(manifest.outputs),
+        model.plan.options,
+        requests=config.async_requests,
+    )
     with session:
         requests = session.async_requests
         name = model.input_spec.name
         feeds = [{name: tensors[j % len(tensors)]} for j in range(4 * requests)]  # keep every request busy
         session.run_async(feeds)
-        images, seconds = time_for(lambda: len(session.run_async(feeds)), min_time_s=config.throughput_time_s,
-                                   min_calls=2)
-    return ThroughputPoint(mode="async", batch=1, requests=requests, images_per_s=images / seconds,
-                           images=images, seconds=seconds)
+        images, seconds = time_for(
+            lambda: len(session.run_async(feeds)), min_time_s=config.throughput_time_s, min_calls=2
+        )
+    return ThroughputPoint(
+        mode="async", batch=1, requests=requests, images_per_s=images / seconds, images=images, seconds=seconds
+    )
 
 
 def _fresh_processes(
-    bundle: Bundle, model: Model, profile: HardwareProfile | None, device: Device | str | None,
-    config: BenchConfig, notes: list[str], say: Progress, tag: str,
+    bundle: Bundle,
+    model: Model,
+    profile: HardwareProfile | None,
+    device: Device | str | None,
+    config: BenchConfig,
+    notes: list[str],
+    say: Progress,
+    tag: str,
 ) -> tuple[ColdStart | None, Memory | None]:
     if not (config.cold_start or config.measure_memory):
         return None, None
     request = {
-        "bundle": str(bundle.path), "runtime": model.plan.runtime.value,
+        "bundle": str(bundle.path),
+        "runtime": model.plan.runtime.value,
         "profile": (profile.source or profile.id) if profile else None,
-        "device": str(device) if device is not None else None, "threads": config.threads,
+        "device": str(device) if device is not None else None,
+        "threads": config.threads,
         "inferences": config.memory_inferences,
     }
     runs = []
@@ -334,9 +388,13 @@ def _fresh_processes(
             say(f"{tag}: fresh-process run {i + 1} failed: {e}")
             continue
         last = runs[-1]
-        say(f"{tag}: fresh process {i + 1}: load {last['load_ms']:.0f} ms + first inference "
-            f"{last['first_inference_ms']:.1f} ms, peak +{last['delta_mb']:.0f} MB")
+        say(
+            f"{tag}: fresh process {i + 1}: load {last['load_ms']:.0f} ms + first inference "
+            f"{last['first_inference_ms']:.1f} ms, peak +{last['delta_mb']:.0f} MB"
+        )
     if not runs:
         return None, None
-    return (ColdStart.from_runs(runs) if config.cold_start else None,
-            Memory.from_runs(runs) if config.measure_memory else None)
+    return (
+        ColdStart.from_runs(runs) if config.cold_start else None,
+        Memory.from_runs(runs) if config.measure_memory else None,
+    )

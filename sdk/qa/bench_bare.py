@@ -80,8 +80,12 @@ def measure_overhead(
     reference = np.asarray(adapter(example))
     outputs = step(example)
     diffs = [float(np.max(np.abs(o.astype(np.float64) - reference))) for o in outputs if o.shape == reference.shape]
-    timed = interleaved_blocks({"adapter": lambda: adapter(example), "bare": lambda: step(example)},
-                               blocks=blocks, calls_per_block=calls_per_block, warmup=warmup)
+    timed = interleaved_blocks(
+        {"adapter": lambda: adapter(example), "bare": lambda: step(example)},
+        blocks=blocks,
+        calls_per_block=calls_per_block,
+        warmup=warmup,
+    )
     block_ratios = [float(np.median(a) / np.median(b)) for a, b in zip(timed["adapter"], timed["bare"], strict=True)]
     adapter_p50 = float(np.median(np.concatenate(timed["adapter"])))
     bare_p50 = float(np.median(np.concatenate(timed["bare"])))

@@ -57,12 +57,15 @@ def interleaved_speedups(
                 load(who.bundle, who.profile, runtime=who.runtime, device=device, threads=config.threads)
             )
             loops[str(i)] = _loop(model, bench_tensors(who.bundle, image)[0])
-        timed = interleaved_blocks(loops, blocks=config.speedup_blocks, calls_per_block=config.speedup_calls,
-                                   warmup=config.warmup)
+        timed = interleaved_blocks(
+            loops, blocks=config.speedup_blocks, calls_per_block=config.speedup_calls, warmup=config.warmup
+        )
     base = [float(np.median(block)) for block in timed["0"]]
     return [
-        ratio_stats([b / float(np.median(c)) for b, c in zip(base, timed[str(i)], strict=True)],
-                    calls_per_block=config.speedup_calls)
+        ratio_stats(
+            [b / float(np.median(c)) for b, c in zip(base, timed[str(i)], strict=True)],
+            calls_per_block=config.speedup_calls,
+        )
         for i in range(1, len(contenders) + 1)
     ]
 

@@ -16,8 +16,21 @@ from sdk.qa.bench_stats import LatencyStats, RatioStats
 
 _MB = 1e6
 SUMMARY_COLUMNS = (
-    "bundle", "runtime", "device", "precision", "size MB", "infer p50 ms", "p90 ms", "p99 ms",
-    "p50 ±%", "e2e p50 ms", "img/s", "cold start ms", "peak MB", "adapter/bare", "budgets",
+    "bundle",
+    "runtime",
+    "device",
+    "precision",
+    "size MB",
+    "infer p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "p50 ±%",
+    "e2e p50 ms",
+    "img/s",
+    "cold start ms",
+    "peak MB",
+    "adapter/bare",
+    "budgets",
 )
 
 
@@ -36,8 +49,12 @@ class EndToEnd:
     def to_dict(self) -> dict[str, Any]:
         names = ("decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms")
         stages = {k: round(getattr(self, k), 5) for k in names}
-        return {"latency": self.latency.to_dict(), "stages_p50": stages, "images": self.images,
-                "accuracy": self.accuracy}
+        return {
+            "latency": self.latency.to_dict(),
+            "stages_p50": stages,
+            "images": self.images,
+            "accuracy": self.accuracy,
+        }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,8 +67,11 @@ class ThroughputPoint:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "images_per_s": round(self.images_per_s, 2),
-                "seconds": round(self.seconds, 3)}
+        return {
+            **dataclasses.asdict(self),
+            "images_per_s": round(self.images_per_s, 2),
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,9 +89,13 @@ class ColdStart:
         def median(key: str) -> float:
             return float(statistics.median(r[key] for r in runs))
 
-        return cls(cold_start_ms=median("cold_start_ms"), import_ms=median("import_ms"),
-                   load_ms=median("load_ms"), first_inference_ms=median("first_inference_ms"),
-                   runs=tuple(runs))
+        return cls(
+            cold_start_ms=median("cold_start_ms"),
+            import_ms=median("import_ms"),
+            load_ms=median("load_ms"),
+            first_inference_ms=median("first_inference_ms"),
+            runs=tuple(runs),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("cold_start_ms", "import_ms", "load_ms", "first_inference_ms")
@@ -91,8 +115,13 @@ class Memory:
     @classmethod
     def from_runs(cls, runs: Sequence[Mapping[str, Any]]) -> Memory:
         worst = max(runs, key=lambda r: r["delta_mb"])
-        return cls(peak_rss_mb=worst["peak_rss_mb"], baseline_rss_mb=worst["baseline_rss_mb"],
-                   delta_mb=worst["delta_mb"], method=worst["memory_method"], inferences=worst["inferences"])
+        return cls(
+            peak_rss_mb=worst["peak_rss_mb"],
+            baseline_rss_mb=worst["baseline_rss_mb"],
+            delta_mb=worst["delta_mb"],
+            method=worst["memory_method"],
+            inferences=worst["inferences"],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
@@ -213,9 +242,11 @@ class BenchResult:
             throughput_ratio=ratio(self.best_throughput, baseline.best_throughput),
             size_ratio=self.bundle_size_bytes / baseline.bundle_size_bytes,
             memory_ratio=ratio(self.memory.delta_mb, baseline.memory.delta_mb)
-            if self.memory and baseline.memory else None,
+            if self.memory and baseline.memory
+            else None,
             cold_start_speedup=ratio(baseline.cold_start.cold_start_ms, self.cold_start.cold_start_ms)
-            if self.cold_start and baseline.cold_start else None,
+            if self.cold_start and baseline.cold_start
+            else None,
             infer_speedup=interleaved,
         )
 
@@ -264,7 +295,11 @@ class BenchResult:
 
 
 def check_budgets(
-    budgets: Budgets, *, inference: LatencyStats, end_to_end: EndToEnd | None, memory: Memory | None,
+    budgets: Budgets,
+    *,
+    inference: LatencyStats,
+    end_to_end: EndToEnd | None,
+    memory: Memory | None,
     bundle_size_bytes: int,
 ) -> tuple[BudgetCheck, ...]:
     """Compare the measured values with every budget the profile sets.

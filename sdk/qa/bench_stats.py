@@ -90,8 +90,8 @@ def median_ci(sorted_samples: np.ndarray) -> tuple[float, float]:
     of the binomial), clipped to the sample; with few samples it is the whole range."""
     n = sorted_samples.size
     half = _Z95 * math.sqrt(n) / 2.0
-    lo = max(0, int(math.floor(n / 2.0 - half)))
-    hi = min(n - 1, int(math.ceil(n / 2.0 + half)) - 1)
+    lo = max(0, math.floor(n / 2.0 - half))
+    hi = min(n - 1, math.ceil(n / 2.0 + half) - 1)
     return float(sorted_samples[lo]), float(sorted_samples[max(lo, hi)])
 
 
@@ -172,8 +172,10 @@ class RatioStats:
 
     def describe(self) -> str:
         """E.g. ``2.31x (IQR 2.20-2.45, 95% CI 2.25-2.38, 40 blocks)``."""
-        return (f"{self.median:.2f}x (IQR {self.p25:.2f}-{self.p75:.2f}, 95% CI {self.ci95_low:.2f}-"
-                f"{self.ci95_high:.2f}, {self.blocks} blocks)")
+        return (
+            f"{self.median:.2f}x (IQR {self.p25:.2f}-{self.p75:.2f}, 95% CI {self.ci95_low:.2f}-"
+            f"{self.ci95_high:.2f}, {self.blocks} blocks)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
@@ -190,8 +192,15 @@ def ratio_stats(ratios: Sequence[float] | np.ndarray, *, calls_per_block: int) -
         raise ConfigError("ratio_stats got no block ratios; time at least one block")
     p25, p50, p75 = np.percentile(x, [25, 50, 75])
     low, high = median_ci(x)
-    return RatioStats(median=float(p50), p25=float(p25), p75=float(p75), ci95_low=low, ci95_high=high,
-                      blocks=int(x.size), calls_per_block=calls_per_block)
+    return RatioStats(
+        median=float(p50),
+        p25=float(p25),
+        p75=float(p75),
+        ci95_low=low,
+        ci95_high=high,
+        blocks=int(x.size),
+        calls_per_block=calls_per_block,
+    )
 
 
 def interleaved_blocks(

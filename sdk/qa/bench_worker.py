@@ -104,8 +104,13 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     adapter_module(runtime)
     t1 = time.perf_counter_ns()
     after_import = _proc_status().get("VmRSS")
-    model = load(bundle_path, request.get("profile"), runtime=runtime, device=request.get("device"),
-                 threads=request.get("threads"))
+    model = load(
+        bundle_path,
+        request.get("profile"),
+        runtime=runtime,
+        device=request.get("device"),
+        threads=request.get("threads"),
+    )
     t2 = time.perf_counter_ns()
     feed = {model.input_spec.name: example}
     model.run(feed)
@@ -153,8 +158,7 @@ def run_worker(request: dict[str, Any], *, timeout_s: float = 300.0) -> dict[str
     if done.returncode != 0 or not lines:
         tail = (done.stderr or done.stdout).strip()[-800:]
         raise ParityError(
-            f"bench worker for {request['bundle']} on {request['runtime']} failed "
-            f"(exit {done.returncode}): {tail}"
+            f"bench worker for {request['bundle']} on {request['runtime']} failed (exit {done.returncode}): {tail}"
         )
     result = json.loads(lines[-1])
     if "error" in result:
@@ -164,7 +168,7 @@ def run_worker(request: dict[str, Any], *, timeout_s: float = 300.0) -> dict[str
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m sdk.qa.bench_worker '{\"bundle\": ..., \"runtime\": ...}'", file=sys.stderr)
+        print('usage: python -m sdk.qa.bench_worker \'{"bundle": ..., "runtime": ...}\'', file=sys.stderr)
         return 2
     from sdk.errors import ShelfedgeError
 

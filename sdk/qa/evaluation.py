@@ -46,7 +46,7 @@ class Evaluation:
         top = np.argsort(-self.logits, axis=1, kind="stable")[:, :k]
         return float((top == self.labels[:, None]).any(axis=1).mean())
 
-    def agreement(self, other: "Evaluation") -> float:
+    def agreement(self, other: Evaluation) -> float:
         """Share of images whose top-1 equals ``other``'s (the same images, in order)."""
         if other.logits.shape != self.logits.shape:
             raise ConfigError(
@@ -58,7 +58,7 @@ class Evaluation:
         return {
             "bundle": self.bundle,
             "dataset": self.dataset,
-            "images": int(len(self.labels)),
+            "images": len(self.labels),
             "top1": round(self.top1, 6),
             "top5": round(self.top5, 6),
             "seconds": round(self.seconds, 2),

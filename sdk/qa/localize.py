@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,9 +62,15 @@ class LayerDiff:
     max_abs_diff: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "layer": self.layer, "op_type": self.op_type, "shape": list(self.shape),
-                "rel_error": _finite(self.rel_error), "cosine": _finite(self.cosine),
-                "max_abs_diff": _finite(self.max_abs_diff)}
+        return {
+            "index": self.index,
+            "layer": self.layer,
+            "op_type": self.op_type,
+            "shape": list(self.shape),
+            "rel_error": _finite(self.rel_error),
+            "cosine": _finite(self.cosine),
+            "max_abs_diff": _finite(self.max_abs_diff),
+        }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,21 +90,36 @@ class Localisation:
 
     def summary(self) -> str:
         if self.first is None:
-            return (f"no layer diverges beyond {self.tolerance:g} relative error ({self.layers_compared} compared"
-                    + (f"; {self.note}" if self.note else "") + ")")
+            return (
+                f"no layer diverges beyond {self.tolerance:g} relative error ({self.layers_compared} compared"
+                + (f"; {self.note}" if self.note else "")
+                + ")"
+            )
         f = self.first
         if f.layer == INPUT:
-            return (f"diverges at the input (relative error {f.rel_error:.3g} > {self.tolerance:g}): the bundle's "
-                    "preprocessing (size, mean/std, colour order) differs from the reference's")
-        return (f"first diverging layer: {f.layer} ({f.op_type}, #{f.index} of {self.layers_compared}, "
-                f"output {'x'.join(map(str, f.shape[1:]))}): relative error {f.rel_error:.3g} > {self.tolerance:g}")
+            return (
+                f"diverges at the input (relative error {f.rel_error:.3g} > {self.tolerance:g}): the bundle's "
+                "preprocessing (size, mean/std, colour order) differs from the reference's"
+            )
+        return (
+            f"first diverging layer: {f.layer} ({f.op_type}, #{f.index} of {self.layers_compared}, "
+            f"output {'x'.join(map(str, f.shape[1:]))}): relative error {f.rel_error:.3g} > {self.tolerance:g}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runtime": self.runtime.value, "bundle": self.bundle, "fp32_model": self.fp32_model,
-                "compared_with": self.compared_with, "images": self.images, "tolerance": self.tolerance,
-                "layers_compared": self.layers_compared, "summary": self.summary(),
-                "first_diverging": self.first.to_dict() if self.first else None,
-                "worst": [w.to_dict() for w in self.worst], "note": self.note}
+        return {
+            "runtime": self.runtime.value,
+            "bundle": self.bundle,
+            "fp32_model": self.fp32_model,
+            "compared_with": self.compared_with,
+            "images": self.images,
+            "tolerance": self.tolerance,
+            "layers_compared": self.layers_compared,
+            "summary": self.summary(),
+            "first_diverging": self.first.to_dict() if self.first else None,
+            "worst": [w.to_dict() for w in self.worst],
+            "note": self.note,
+        }
 
 
 def relative_error(candidate: np.ndarray, reference: np.ndarray) -> float:
@@ -133,8 +153,17 @@ def can_localize(runtime: Runtime, fmt: ModelFormat) -> bool:
     return supports(runtime, Capability.LAYER_OUTPUTS) and runtime in RUNTIMES_FOR_FORMAT[fmt]
 
 
-def localize(runtime: Runtime, bundle: Bundle, inputs: np.ndarray, *, fp32: Bundle, fp32_inputs: np.ndarray,
-             compared_with: str, tolerance: float | None = None, worst: int = 5) -> Localisation:
+def localize(
+    runtime: Runtime,
+    bundle: Bundle,
+    inputs: np.ndarray,
+    *,
+    fp32: Bundle,
+    fp32_inputs: np.ndarray,
+    compared_with: str,
+    tolerance: float | None = None,
+    worst: int = 5,
+) -> Localisation:
     """Compare every activation of ``bundle`` on ``inputs`` with ``fp32``'s on ``fp32_inputs``.
 
     Args:
@@ -179,15 +208,29 @@ def localize(runtime: Runtime, bundle: Bundle, inputs: np.ndarray, *, fp32: Bund
     ranked = sorted(diffs, key=lambda d: -d.rel_error if np.isfinite(d.rel_error) else -np.inf)
     if len(diffs) <= 1:
         note = (note + "; " if note else "") + "no layer names in common with the fp32 model"
-    return Localisation(runtime=runtime, bundle=str(bundle.path), fp32_model=str(fp32.model_path),
-                        compared_with=compared_with, images=len(inputs), tolerance=tolerance,
-                        layers_compared=len(reference), first=first, worst=tuple(ranked[:worst]), note=note)
+    return Localisation(
+        runtime=runtime,
+        bundle=str(bundle.path),
+        fp32_model=str(fp32.model_path),
+        compared_with=compared_with,
+        images=len(inputs),
+        tolerance=tolerance,
+        layers_compared=len(reference),
+        first=first,
+        worst=tuple(ranked[:worst]),
+        note=note,
+    )
 
 
 def _feed(bundle: Bundle, batch: np.ndarray) -> Mapping[str, np.ndarray]:
     spec = bundle.manifest.inputs[0]
     batch = np.asarray(batch, np.float32)
-    if spec.layout is Layout.NCHW and batch.ndim == 4 and batch.shape[-1] in (1, 3, 4) and batch.shape[1] not in (1, 3, 4):
+    if (
+        spec.layout is Layout.NCHW
+        and batch.ndim == 4
+        and batch.shape[-1] in (1, 3, 4)
+        and batch.shape[1] not in (1, 3, 4)
+    ):
         batch = batch.transpose(0, 3, 1, 2)
     return {spec.name: np.ascontiguousarray(batch)}
 
@@ -196,9 +239,15 @@ def _diff(index: int, layer: str, kind: str, candidate: np.ndarray, reference: n
     c, r = np.asarray(candidate, np.float64).ravel(), np.asarray(reference, np.float64).ravel()
     norms = float(np.linalg.norm(c) * np.linalg.norm(r))
     cosine = float(c @ r / norms) if norms > 0 else (1.0 if not c.any() and not r.any() else 0.0)
-    return LayerDiff(index=index, layer=layer, op_type=kind, shape=tuple(int(d) for d in reference.shape),
-                     rel_error=relative_error(c, r), cosine=cosine,
-                     max_abs_diff=float(np.max(np.abs(c - r))) if c.size else 0.0)
+    return LayerDiff(
+        index=index,
+        layer=layer,
+        op_type=kind,
+        shape=tuple(int(d) for d in reference.shape),
+        rel_error=relative_error(c, r),
+        cosine=cosine,
+        max_abs_diff=float(np.max(np.abs(c - r))) if c.size else 0.0,
+    )
 
 
 def _finite(value: float) -> float | None:

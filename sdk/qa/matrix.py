@@ -6,31 +6,30 @@ policy (a strict profile whose accelerator is absent is skipped, with the adapte
 then :func:`sdk.qa.parity_run.run_parity` judges it with the profile's tolerances and
 :func:`sdk.qa.bench.bench_bundle` measures it against the profile's budgets. A directory that is
 not a valid bundle (tampered, broken manifest) is a row with its error, not a crash: a release
-gate must see it. Reports: ``matrix.json`` (schema-versioned), ``matrix.md`` and ``matrix.html``.
+gate must see it. Reports (:mod:`sdk.qa.matrix_report`): ``matrix.json`` (schema-versioned), ``matrix.md`` and
+``matrix.html``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from sdk.qa import report_plots
-from sdk.qa.bench import BenchConfig, bench_bundle
-from sdk.qa.bench_result import BenchResult
 from sdk.bundle import Bundle
 from sdk.data import ImageDataset
 from sdk.enums import RUNTIMES_FOR_FORMAT, ModelFormat
 from sdk.errors import BackendUnavailableError, ConfigError, ShelfedgeError
 from sdk.loading import load
 from sdk.manifest import MANIFEST_NAME
-from sdk.qa.parity_run import ParityResult, run_parity, select
 from sdk.profiles import HardwareProfile
+from sdk.qa.bench import BenchConfig, bench_bundle
+from sdk.qa.bench_result import BenchResult
+from sdk.qa.parity_run import ParityResult, run_parity, select
 from sdk.qa.reference import Reference
 from sdk.qa.tables import markdown_table
 from sdk.versions import host_info, tool_versions
@@ -40,9 +39,23 @@ Log = Callable[[str], None]
 Status = Literal["ran", "skipped", "error"]
 # Server-model formats: in a convert/export directory they are the reference, not a candidate.
 REFERENCE_FORMATS = (ModelFormat.KERAS, ModelFormat.SAVEDMODEL)
-SUMMARY_COLUMNS = ("bundle", "profile", "runtime", "device", "precision", "parity", "top-1 agree",
-                   "acc % of ref", "max abs diff", "infer p50 ms", "infer p95 ms", "e2e p50 ms", "size MB",
-                   "budgets", "result")
+SUMMARY_COLUMNS = (
+    "bundle",
+    "profile",
+    "runtime",
+    "device",
+    "precision",
+    "parity",
+    "top-1 agree",
+    "acc % of ref",
+    "max abs diff",
+    "infer p50 ms",
+    "infer p95 ms",
+    "e2e p50 ms",
+    "size MB",
+    "budgets",
+    "result",
+)
 _MB = 1e6  # as the bench reports count megabytes
 
 
@@ -96,8 +109,9 @@ class MatrixRow:
             "runtime": self.runtime,
             "device": self._device(),
             "precision": self.precision,
-            "parity": None if not self.parity else ("pass" if self.parity.verdict.passed else
-                                                    "FAIL: " + ", ".join(self.parity.verdict.failed)),
+            "parity": None
+            if not self.parity
+            else ("pass" if self.parity.verdict.passed else "FAIL: " + ", ".join(self.parity.verdict.failed)),
             "top-1 agree": m.get("top1_agreement"),
             "acc % of ref": None if m.get("accuracy_ratio") is None else 100 * m["accuracy_ratio"],
             "max abs diff": m.get("max_abs_diff"),
@@ -137,10 +151,19 @@ class MatrixRow:
                 "result": self.parity.to_dict(),
             }
         return {
-            "bundle": self.bundle, "name": self.name, "profile": self.profile, "runtime": self.runtime,
-            "format": self.format, "precision": self.precision, "device": self._device(),
-            "status": self.status, "reason": self.reason, "passed": self.passed,
-            "failures": list(self.failures), "parity": parity, "bench": bench,
+            "bundle": self.bundle,
+            "name": self.name,
+            "profile": self.profile,
+            "runtime": self.runtime,
+            "format": self.format,
+            "precision": self.precision,
+            "device": self._device(),
+            "status": self.status,
+            "reason": self.reason,
+            "passed": self.passed,
+            "failures": list(self.failures),
+            "parity": parity,
+            "bench": bench,
         }
 
     def _device(self) -> str | None:
@@ -262,28 +285,66 @@ def run_matrix(
             bundle = Bundle.open(path)
         except ShelfedgeError as e:
             log(f"[matrix] {name}: not a valid bundle: {e}")
-            rows.append(MatrixRow(bundle=str(path), name=name, profile=None, runtime=None, format=None,
-                                  precision=None, status="error", reason=f"{type(e).__name__}: {e}"))
+            rows.append(_invalid_row(path, name, e))
             continue
         fmt = bundle.manifest.format
         if fmt in REFERENCE_FORMATS and fmt not in readable:
-            excluded.append((str(path), f"a {fmt.value} (server/reference) bundle and no profile's runtime reads "
-                                        f"{fmt.value}; add server-gpu-reference to --profiles to include it"))
+            excluded.append(
+                (
+                    str(path),
+                    f"a {fmt.value} (server/reference) bundle and no profile's runtime reads "
+                    f"{fmt.value}; add server-gpu-reference to --profiles to include it",
+                )
+            )
             continue
         own_labels = bench_set.labels if bundle.labels == images.class_names else None
         for profile in profiles:
-            rows.append(_run_pair(bundle, name, profile, reference, images,
-                                  dataclasses.replace(config, labels=own_labels), log))
-    return MatrixResult(root=str(root), profiles=tuple(p.id for p in profiles), rows=tuple(rows),
-                        excluded=tuple(excluded), reference={"path": str(reference.path), **dict(reference.info)},
-                        images=len(images))
+            rows.append(
+                _run_pair(bundle, name, profile, reference, images, dataclasses.replace(config, labels=own_labels), log)
+            )
+    return MatrixResult(
+        root=str(root),
+        profiles=tuple(p.id for p in profiles),
+        rows=tuple(rows),
+        excluded=tuple(excluded),
+        reference={"path": str(reference.path), **dict(reference.info)},
+        images=len(images),
+    )
 
 
-def _run_pair(bundle: Bundle, name: str, profile: HardwareProfile, reference: Reference, images: ImageDataset,
-              config: BenchConfig, log: Log) -> MatrixRow:
+def _invalid_row(path: Path, name: str, error: ShelfedgeError) -> MatrixRow:
+    # A release gate must see a tampered or broken bundle: an error row, not a crash.
+    return MatrixRow(
+        bundle=str(path),
+        name=name,
+        profile=None,
+        runtime=None,
+        format=None,
+        precision=None,
+        status="error",
+        reason=f"{type(error).__name__}: {error}",
+    )
+
+
+def _run_pair(
+    bundle: Bundle,
+    name: str,
+    profile: HardwareProfile,
+    reference: Reference,
+    images: ImageDataset,
+    config: BenchConfig,
+    log: Log,
+) -> MatrixRow:
     manifest = bundle.manifest
-    row = MatrixRow(bundle=str(bundle.path), name=name, profile=profile.id, runtime=profile.runtime.value,
-                    format=manifest.format.value, precision=manifest.precision.value, status="skipped")
+    row = MatrixRow(
+        bundle=str(bundle.path),
+        name=name,
+        profile=profile.id,
+        runtime=profile.runtime.value,
+        format=manifest.format.value,
+        precision=manifest.precision.value,
+        status="skipped",
+    )
     if profile.runtime not in RUNTIMES_FOR_FORMAT[manifest.format]:
         readers = ", ".join(r.value for r in RUNTIMES_FOR_FORMAT[manifest.format])
         reason = f"{profile.runtime.value} does not read {manifest.format.value} bundles (read by: {readers})"
@@ -309,86 +370,15 @@ def _run_pair(bundle: Bundle, name: str, profile: HardwareProfile, reference: Re
     row = dataclasses.replace(row, status="ran", parity=parity[0] if parity else None)
     log(f"[matrix] {name} x {profile.id}: bench")
     try:
-        result = bench_bundle(bundle, profile.runtime, profile=profile, config=config,
-                              progress=lambda m: log(f"[matrix]   {m}"))
+        result = bench_bundle(
+            bundle, profile.runtime, profile=profile, config=config, progress=lambda m: log(f"[matrix]   {m}")
+        )
     except ShelfedgeError as e:
         log(f"[matrix] {name} x {profile.id}: bench error: {e}")
         return dataclasses.replace(row, status="error", reason=f"bench: {type(e).__name__}: {e}")
     row = dataclasses.replace(row, bench=result)
     log(f"[matrix] {name} x {profile.id}: {'PASS' if row.passed else 'FAIL'}")
     return row
-
-
-def matrix_markdown(result: MatrixResult, document: dict[str, Any], plots: Sequence[Path] = ()) -> str:
-    """The Markdown report: summary table, then each failure, skip and exclusion in full."""
-    host, ref = document["host"], result.reference
-    parts = [
-        "# shelfedge matrix",
-        f"Host: {host['cpu']}, {host['logical_cores']} logical cores, {host['os']}. Bundles: `{result.root}`. "
-        f"Profiles: {', '.join(result.profiles)}. {document['created_utc']}.",
-        f"Reference: {ref.get('runtime')} on {ref.get('device')} ({ref.get('note')}), {result.images} images. "
-        f"Rows: {document['counts']['ran']} ran, {document['counts']['skipped']} skipped, "
-        f"{document['counts']['error']} errors. Verdict: {'PASS' if result.passed else 'FAIL'}.",
-        result.table(),
-        "\n".join([
-            "- `parity`: the tiered checks with the profile's tolerances for the bundle's precision "
-            "(`shelfedge parity --profile`); `acc % of ref`: top-1 accuracy as % of the reference's.",
-            "- `infer p50/p95`: `Model.run` on one preprocessed image; `e2e p50`: decode + preprocess + inference "
-            "+ postprocess (`shelfedge bench --profile`); `budgets`: the profile's p95 latency, peak memory and "
-            "bundle size.",
-            "- `skipped`: the profile's runtime does not read the format, or the runtime/device is not available "
-            "on this host under the profile's fallback policy.",
-        ]),
-    ]
-    failing = [row for row in result.rows if row.failures]
-    if failing:
-        parts += ["## Failures", "\n".join(f"- {row.name} x {row.profile or '-'}: {failure}"
-                                            for row in failing for failure in row.failures)]
-    skipped = [row for row in result.rows if row.status == "skipped"]
-    if skipped:
-        parts += ["## Skipped", "\n".join(f"- {row.name} x {row.profile}: {row.reason}" for row in skipped)]
-    if result.excluded:
-        parts += ["## Not in the matrix", "\n".join(f"- `{b}`: {why}" for b, why in result.excluded)]
-    notes = [f"- {row.name} x {row.profile}: {note}" for row in result.ran if row.bench for note in row.bench.notes]
-    if notes:
-        parts += ["## Bench notes", "\n".join(notes)]
-    if plots:
-        parts += ["## Plots", *[f"![{p.stem}]({p.name})" for p in plots]]
-    versions = ", ".join(f"{k} {v}" for k, v in document["versions"].items())
-    parts.append(f"Tool versions: {versions}. Schema version {document['schema_version']}.")
-    return "\n\n".join(parts) + "\n"
-
-
-def write_matrix_report(out_dir: str | Path, result: MatrixResult, *, plots: bool = True,
-                        log: Log | None = None) -> dict[str, Path]:
-    """Write matrix.json, matrix.md, a latency-vs-accuracy PNG (with matplotlib) and matrix.html."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    document = result.to_dict()
-    written = {"json": out / "matrix.json"}
-    written["json"].write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
-    pngs: list[Path] = []
-    if plots:
-        points = [{"label": f"{Path(row.name).name} / {row.profile}", "runtime": row.runtime,
-                   "precision": row.precision,
-                   "latency_ms": row.bench.inference.p50_ms, "accuracy": row.parity.metrics.get("accuracy_candidate")}
-                  for row in result.ran if row.bench and row.parity]
-        try:
-            png = report_plots.latency_vs_accuracy(points, out / "matrix_accuracy.png",
-                                                   title="Latency vs top-1 per bundle x profile")
-            pngs = [png] if png else []
-        except BackendUnavailableError as e:
-            if log:
-                log(f"[matrix] no plot: {e}")
-    markdown = matrix_markdown(result, document, pngs)
-    written["markdown"] = out / "matrix.md"
-    written["markdown"].write_text(markdown, encoding="utf-8")
-    written["html"] = report_plots.html_page("shelfedge matrix", markdown, out / "matrix.html")
-    page = written["html"].read_text(encoding="utf-8")
-    links = " · ".join(f'<a href="{p.name}">{p.name}</a>' for p in (written["json"], written["markdown"], *pngs))
-    written["html"].write_text(page.replace("<body>\n", f"<body>\n<p>Files: {links}</p>\n", 1), encoding="utf-8")
-    written.update({p.stem: p for p in pngs})
-    return written
 
 
 def _spread(dataset: ImageDataset, count: int) -> ImageDataset:

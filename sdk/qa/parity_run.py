@@ -17,12 +17,12 @@ import numpy as np
 
 from sdk.bundle import Bundle
 from sdk.data import ImageDataset
-from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, Precision, Runtime
+from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, Precision, Runtime
 from sdk.errors import ParityError, ShelfedgeError
+from sdk.profiles import HardwareProfile, load_profile
 from sdk.qa.evaluation import evaluate, preprocess_dataset
 from sdk.qa.localize import can_localize, find_fp32_parent, localize
 from sdk.qa.parity import ParityVerdict, compute_metrics, jsonable
-from sdk.profiles import HardwareProfile, load_profile
 from sdk.qa.reference import REFERENCE_JSON, Reference, load_reference, save_reference
 from sdk.tensors import TensorSpec
 
@@ -85,8 +85,9 @@ def reference_spec(reference: Reference) -> TensorSpec:
     return TensorSpec(name="reference_input", shape=shape, dtype=reference.input_dtype, layout=layout)
 
 
-def make_reference(model_bundle: str | Path, dataset: ImageDataset, out_dir: str | Path, *,
-                   overwrite: bool = True, log: Log = print) -> Reference:
+def make_reference(
+    model_bundle: str | Path, dataset: ImageDataset, out_dir: str | Path, *, overwrite: bool = True, log: Log = print
+) -> Reference:
     """Run the server model (a Keras reference bundle) on the TensorFlow reference path and save it.
 
     The server-gpu-reference profile asks for the GPU; without one it runs on the CPU in fp32
@@ -112,9 +113,16 @@ def make_reference(model_bundle: str | Path, dataset: ImageDataset, out_dir: str
     }
     ids = [str(p.relative_to(dataset.root)) if p.is_relative_to(dataset.root) else str(p) for p in dataset.paths]
     assert bundle.manifest.preprocessing is not None  # evaluate checked
-    path = save_reference(out_dir, inputs=tensors, outputs={bundle.manifest.outputs[0].name: result.logits},
-                          input_ids=ids, labels=np.asarray(dataset.labels), info=info,
-                          preprocessing=bundle.manifest.preprocessing, overwrite=overwrite)
+    path = save_reference(
+        out_dir,
+        inputs=tensors,
+        outputs={bundle.manifest.outputs[0].name: result.logits},
+        input_ids=ids,
+        labels=np.asarray(dataset.labels),
+        info=info,
+        preprocessing=bundle.manifest.preprocessing,
+        overwrite=overwrite,
+    )
     log(f"[reference] saved to {path} ({info['note']})")
     return load_reference(path)
 
@@ -138,8 +146,10 @@ def select(dataset: ImageDataset, reference: Reference) -> ImageDataset:
     Raises:
         ParityError: an id of the reference is not in the dataset.
     """
-    index = {str(p.relative_to(dataset.root)) if p.is_relative_to(dataset.root) else str(p): i
-             for i, p in enumerate(dataset.paths)}
+    index = {
+        str(p.relative_to(dataset.root)) if p.is_relative_to(dataset.root) else str(p): i
+        for i, p in enumerate(dataset.paths)
+    }
     missing = [i for i in reference.input_ids if i not in index]
     if missing:
         raise ParityError(
@@ -155,9 +165,16 @@ def tolerance_profile(runtime: Runtime, profile: HardwareProfile | None) -> Hard
     return load_profile(DEFAULT_TOLERANCE_PROFILE[runtime])
 
 
-def run_parity(bundles: Sequence[str | Path], reference: Reference, dataset: ImageDataset, *,
-               profile: HardwareProfile | None = None, runtimes: Sequence[Runtime] | None = None,
-               localize_images: int = 4, log: Log = print) -> list[ParityResult]:
+def run_parity(
+    bundles: Sequence[str | Path],
+    reference: Reference,
+    dataset: ImageDataset,
+    *,
+    profile: HardwareProfile | None = None,
+    runtimes: Sequence[Runtime] | None = None,
+    localize_images: int = 4,
+    log: Log = print,
+) -> list[ParityResult]:
     """Every bundle on every runtime that can open it (or the profile's runtime), judged per precision.
 
     A failure on OpenVINO or ONNX Runtime is localised (:mod:`sdk.qa.localize`) on up to
@@ -174,7 +191,9 @@ def run_parity(bundles: Sequence[str | Path], reference: Reference, dataset: Ima
     results = []
     for path in bundles:
         bundle = Bundle.open(path)
-        candidates = [profile.runtime] if profile is not None else list(runtimes or RUNTIMES_FOR_FORMAT[bundle.manifest.format])
+        candidates = (
+            [profile.runtime] if profile is not None else list(runtimes or RUNTIMES_FOR_FORMAT[bundle.manifest.format])
+        )
         for runtime in candidates:
             if runtime not in RUNTIMES_FOR_FORMAT[bundle.manifest.format]:
                 continue
@@ -185,24 +204,49 @@ def run_parity(bundles: Sequence[str | Path], reference: Reference, dataset: Ima
                     f"{bundle.path}: outputs {evaluation.logits.shape} vs the reference's {ref_logits.shape}; "
                     "compare bundles of the same task and classes"
                 )
-            metrics = compute_metrics(evaluation.logits, ref_logits, output_kind=bundle.manifest.output_kind,
-                                      labels=labels, num_classes=ref_logits.shape[1])
+            metrics = compute_metrics(
+                evaluation.logits,
+                ref_logits,
+                output_kind=bundle.manifest.output_kind,
+                labels=labels,
+                num_classes=ref_logits.shape[1],
+            )
             judge = tolerance_profile(runtime, profile)
             verdict = ParityVerdict.from_metrics(metrics, judge.tolerance(evaluation.ran.precision))
             where = None
             if not verdict.passed and localize_images and can_localize(runtime, bundle.manifest.format):
-                where = _localize(runtime, bundle, images, ref_tensors, evaluation.logits, ref_logits,
-                                  localize_images, log)
-            results.append(ParityResult(bundle=str(bundle.path), runtime=runtime, ran=evaluation.ran.to_dict(),
-                                        precision=evaluation.ran.precision.value, tolerance_profile=judge.id,
-                                        metrics=metrics, verdict=verdict, localisation=where))
-            log(f"[parity]   {'PASS' if verdict.passed else 'FAIL ' + ', '.join(verdict.failed)}"
-                + (f"; {where['summary']}" if where else ""))
+                where = _localize(
+                    runtime, bundle, images, ref_tensors, evaluation.logits, ref_logits, localize_images, log
+                )
+            results.append(
+                ParityResult(
+                    bundle=str(bundle.path),
+                    runtime=runtime,
+                    ran=evaluation.ran.to_dict(),
+                    precision=evaluation.ran.precision.value,
+                    tolerance_profile=judge.id,
+                    metrics=metrics,
+                    verdict=verdict,
+                    localisation=where,
+                )
+            )
+            log(
+                f"[parity]   {'PASS' if verdict.passed else 'FAIL ' + ', '.join(verdict.failed)}"
+                + (f"; {where['summary']}" if where else "")
+            )
     return results
 
 
-def _localize(runtime: Runtime, bundle: Bundle, images: ImageDataset, ref_tensors: np.ndarray, logits: np.ndarray,
-              ref_logits: np.ndarray, count: int, log: Log) -> dict[str, Any]:
+def _localize(
+    runtime: Runtime,
+    bundle: Bundle,
+    images: ImageDataset,
+    ref_tensors: np.ndarray,
+    logits: np.ndarray,
+    ref_logits: np.ndarray,
+    count: int,
+    log: Log,
+) -> dict[str, Any]:
     """The first diverging layer of a failing bundle, as a dict for the report (an error note if it cannot run)."""
     differ = np.flatnonzero(logits.argmax(-1) != ref_logits.argmax(-1))
     rest = np.setdiff1d(np.arange(len(ref_logits)), differ)
@@ -217,7 +261,8 @@ def _localize(runtime: Runtime, bundle: Bundle, images: ImageDataset, ref_tensor
         else:
             fp32, fp32_inputs = bundle, ref_tensors[chosen]
             how = "its own model fed the reference's preprocessed inputs" + (
-                "" if bundle.manifest.precision is Precision.FP32 else " (its fp32 parent was not found next to it)")
+                "" if bundle.manifest.precision is Precision.FP32 else " (its fp32 parent was not found next to it)"
+            )
         log(f"[parity]   localising on {len(chosen)} photo(s) against {how}")
         return localize(runtime, bundle, inputs, fp32=fp32, fp32_inputs=fp32_inputs, compared_with=how).to_dict()
     except ShelfedgeError as e:

@@ -13,58 +13,44 @@ A reference directory holds two files:
 The per-input hashes let a comparison on another machine prove that it fed the candidate
 exactly the tensors the reference saw: same images, same decoding, same preprocessing
 (:meth:`Reference.check_inputs`). The JSON is written last, so a directory holding it is
-complete.
+complete. Saving is in :mod:`sdk.qa.reference_save`, the file format in :mod:`sdk.qa.reference_schema`;
+both are importable from here.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import datetime
-import hashlib
 import json
-import os
-import re
 import types
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sdk._strict import StrictReader, as_bool, as_int, as_list, as_str, as_str_dict
 from sdk.bundle import sha256_file
-from sdk.errors import BundleError, ConfigError, InputError, ManifestError, ParityError
+from sdk.errors import BundleError, ManifestError, ParityError
 from sdk.manifest import Preprocessing
-from sdk.versions import host_info, tool_versions
+from sdk.qa.reference_save import REQUIRED_INFO, save_reference
+from sdk.qa.reference_schema import (
+    REFERENCE_JSON,
+    REFERENCE_NPZ,
+    REFERENCE_SCHEMA_VERSION,
+    parse,
+    read_npz,
+    tensor_sha256,
+)
 
-REFERENCE_SCHEMA_VERSION = 1
-REFERENCE_JSON = "reference.json"
-REFERENCE_NPZ = "reference.npz"
-# Keys ``info`` must carry: every report states where the reference ran (GPU or CPU fallback).
-REQUIRED_INFO = ("runtime", "device")
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def tensor_sha256(tensor: np.ndarray) -> str:
-    """The sha256 of one tensor's dtype, shape and bytes, the same on every host.
-
-    Bytes are taken little-endian and C-ordered, so a view, a Fortran-ordered copy or a
-    big-endian host hash the same values the same way; dtype and shape are part of the hash,
-    so equal bytes of a different dtype or shape do not collide.
-
-    Raises:
-        InputError: the array is not numeric or boolean.
-    """
-    array = np.asarray(tensor)
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"cannot hash a tensor of dtype {array.dtype}; expected a numeric array")
-    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
+__all__ = [
+    "REFERENCE_JSON",
+    "REFERENCE_NPZ",
+    "REFERENCE_SCHEMA_VERSION",
+    "REQUIRED_INFO",
+    "Reference",
+    "load_reference",
+    "save_reference",
+    "tensor_sha256",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -108,9 +94,7 @@ class Reference:
             )
         return self.outputs[name]
 
-    def check_inputs(
-        self, tensors: np.ndarray, where: str, *, input_ids: Sequence[str] | None = None
-    ) -> None:
+    def check_inputs(self, tensors: np.ndarray, where: str, *, input_ids: Sequence[str] | None = None) -> None:
         """Prove that ``tensors`` are the preprocessed inputs the reference was made from.
 
         Args:
@@ -132,7 +116,7 @@ class Reference:
             ids = tuple(input_ids)
             if ids != self.input_ids:
                 first = next(
-                    (i for i, (a, b) in enumerate(zip(ids, self.input_ids)) if a != b),
+                    (i for i, (a, b) in enumerate(zip(ids, self.input_ids, strict=False)) if a != b),
                     min(len(ids), len(self.input_ids)),
                 )
                 given = ids[first] if first < len(ids) else "(none)"
@@ -175,115 +159,6 @@ class Reference:
             )
 
 
-def save_reference(
-    out_dir: str | Path,
-    *,
-    inputs: np.ndarray,
-    outputs: Mapping[str, np.ndarray],
-    input_ids: Sequence[str],
-    labels: np.ndarray | None,
-    info: Mapping[str, Any],
-    preprocessing: Preprocessing,
-    save_inputs: bool = False,
-    overwrite: bool = False,
-) -> Path:
-    """Write ``reference.npz`` and ``reference.json`` under ``out_dir``.
-
-    Args:
-        out_dir: the reference directory (created if missing).
-        inputs: ``(N, ...)`` the preprocessed input tensors, in order; hashed one by one,
-            stored only with ``save_inputs``.
-        outputs: output name -> ``(N, ...)`` reference outputs for those inputs.
-        input_ids: one id per input (e.g. the image path relative to the data root), unique.
-        labels: ``(N,)`` integer class ids, or None.
-        info: where the reference ran: must hold ``runtime`` and ``device``; ``versions``
-            (tool versions) and ``host`` are filled in when absent; add ``model_sha256``.
-            Must be JSON-serialisable.
-        preprocessing: how the inputs were made (the reference model's preprocessing).
-        save_inputs: also store the input tensors in the npz.
-        overwrite: replace a reference already in ``out_dir``.
-
-    Returns:
-        ``out_dir``, the path :func:`load_reference` takes.
-
-    Raises:
-        InputError: an array is empty, not numeric, or its first axis is not ``N``; the ids
-            are not ``N`` unique non-empty strings; labels are not ``N`` integers.
-        ConfigError: ``info`` lacks a required key or is not JSON-serialisable, ``preprocessing``
-            is not a Preprocessing, or ``out_dir`` already holds a reference and not ``overwrite``.
-        BundleError: the files cannot be written.
-    """
-    out = Path(out_dir)
-    x = _batch(inputs, "inputs")
-    n = x.shape[0]
-    ids = _ids(input_ids, n)
-    arrays: dict[str, np.ndarray] = {}
-    described = []
-    if not outputs:
-        raise InputError("save_reference: no outputs given; pass the reference model's outputs by name")
-    for index, (name, value) in enumerate(outputs.items()):
-        if not isinstance(name, str) or not name:
-            raise InputError(f"save_reference: output names must be non-empty strings, got {name!r}")
-        array = _batch(value, f"output {name!r}")
-        if array.shape[0] != n:
-            raise InputError(
-                f"save_reference: output {name!r} has {array.shape[0]} samples (shape {array.shape}), "
-                f"inputs have {n}; pass the outputs of exactly these inputs"
-            )
-        key = f"output_{index}"  # output names may hold ':' or '/', which npz keys should not
-        arrays[key] = array
-        described.append({"name": name, "key": key, "shape": list(array.shape), "dtype": str(array.dtype)})
-    if labels is not None:
-        y = np.asarray(labels)
-        if y.shape != (n,) or y.dtype.kind not in "iu":
-            raise InputError(
-                f"save_reference: labels must be {n} integers (shape ({n},)), got shape {y.shape} "
-                f"dtype {y.dtype}"
-            )
-        arrays["labels"] = y.astype(np.int64)
-    if save_inputs:
-        arrays["inputs"] = x
-    if not isinstance(preprocessing, Preprocessing):
-        raise ConfigError(
-            f"save_reference: preprocessing must be a Preprocessing, got {type(preprocessing).__name__}"
-        )
-    full_info = _info(info)
-
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, npz_path = out / REFERENCE_JSON, out / REFERENCE_NPZ
-    if json_path.exists() and not overwrite:
-        raise ConfigError(f"{out}: already holds a reference; choose another directory or overwrite it")
-    try:
-        # The old JSON goes first: a crash below leaves no JSON pointing at a half-written npz.
-        json_path.unlink(missing_ok=True)
-        tmp = out / f".{REFERENCE_NPZ}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, npz_path)
-        document = {
-            "schema_version": REFERENCE_SCHEMA_VERSION,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "num_samples": n,
-            "inputs": {
-                "shape": list(x.shape[1:]),
-                "dtype": str(x.dtype),
-                "saved": save_inputs,
-                "items": [{"id": i, "sha256": tensor_sha256(x[k])} for k, i in enumerate(ids)],
-            },
-            "outputs": described,
-            "has_labels": labels is not None,
-            "preprocessing": preprocessing.to_dict(),
-            "info": full_info,
-            "npz": {"file": REFERENCE_NPZ, "sha256": sha256_file(npz_path)},
-        }
-        tmp = out / f".{REFERENCE_JSON}.tmp"
-        tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, json_path)
-    except OSError as e:
-        raise BundleError(f"{out}: cannot write the reference: {e}; check the directory is writable") from e
-    return out
-
-
 def load_reference(directory: str | Path) -> Reference:
     """Read a reference directory, checking its schema strictly and the npz against its hash.
 
@@ -296,18 +171,14 @@ def load_reference(directory: str | Path) -> Reference:
     path = Path(directory)
     json_path, npz_path = path / REFERENCE_JSON, path / REFERENCE_NPZ
     if not path.is_dir():
-        raise BundleError(
-            f"{path}: no such reference directory; save one with 'shelfedge reference --out {path}'"
-        )
+        raise BundleError(f"{path}: no such reference directory; save one with 'shelfedge reference --out {path}'")
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise BundleError(f"{path}: no {REFERENCE_JSON}; the reference is incomplete, save it again") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(
-            f"{json_path}: cannot read the reference JSON ({e}); save the reference again"
-        ) from e
-    doc = _parse(data, str(json_path))
+        raise ManifestError(f"{json_path}: cannot read the reference JSON ({e}); save the reference again") from e
+    doc = parse(data, str(json_path))
     if not npz_path.is_file():
         raise BundleError(f"{path}: {REFERENCE_NPZ} is missing; copy it together with {REFERENCE_JSON}")
     actual = sha256_file(npz_path)
@@ -317,7 +188,7 @@ def load_reference(directory: str | Path) -> Reference:
             "the file was changed or corrupted after it was saved: restore both files together "
             "or save the reference again"
         )
-    arrays = _read_npz(npz_path)
+    arrays = read_npz(npz_path)
     n, items = doc["num_samples"], doc["items"]
     expected = {o["key"]: (tuple(o["shape"]), o["dtype"]) for o in doc["outputs"]}
     if doc["has_labels"]:
@@ -355,146 +226,3 @@ def load_reference(directory: str | Path) -> Reference:
         # Saved inputs must be the hashed ones, or a comparison fed from them proves nothing.
         reference.check_inputs(reference.inputs, f"{npz_path} (saved inputs)")
     return reference
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _batch(value: np.ndarray, what: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray):
-        raise InputError(f"save_reference: {what} is a {type(value).__name__}, expected a numpy array")
-    if value.ndim < 1 or value.shape[0] == 0 or value.dtype.kind not in "biuf":
-        raise InputError(
-            f"save_reference: {what} must be a non-empty numeric (N, ...) array, got shape "
-            f"{value.shape} dtype {value.dtype}"
-        )
-    return value
-
-
-def _ids(input_ids: Sequence[str], n: int) -> list[str]:
-    ids = list(input_ids)
-    if len(ids) != n:
-        raise InputError(f"save_reference: {len(ids)} input ids for {n} inputs; pass one id per input")
-    if not all(isinstance(i, str) and i for i in ids):
-        raise InputError("save_reference: input ids must be non-empty strings (e.g. image relative paths)")
-    if len(set(ids)) != n:
-        duplicate = next(i for i, count in collections.Counter(ids).items() if count > 1)
-        raise InputError(f"save_reference: input id {duplicate!r} appears more than once; ids must be unique")
-    return ids
-
-
-def _info(info: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(info, Mapping) or not all(isinstance(k, str) for k in info):
-        raise ConfigError(f"save_reference: info must be a mapping with string keys, got {info!r}")
-    missing = [k for k in REQUIRED_INFO if k not in info]
-    if missing:
-        raise ConfigError(
-            f"save_reference: info lacks {missing}; say which runtime and device produced the reference"
-        )
-    full = {"versions": tool_versions(), "host": host_info(), **info}
-    try:
-        json.dumps(full, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"save_reference: info is not JSON-serialisable ({e}); pass plain values") from e
-    return full
-
-
-def _sha(value: Any) -> str:
-    text = as_str(value)
-    if not _SHA256.match(text):
-        raise ValueError(f"expected a lowercase hex sha256, got {text!r}")
-    return text
-
-
-def _dtype(value: Any) -> str:
-    text = as_str(value)
-    try:
-        np.dtype(text)
-    except TypeError as e:
-        raise ValueError(f"not a numpy dtype: {text!r}") from e
-    return text
-
-
-def _parse(data: object, where: str) -> dict[str, Any]:
-    """Check ``reference.json`` strictly and return its values flattened."""
-    r = StrictReader(data, where, ManifestError)
-    version = r.required("schema_version", as_int)
-    if version != REFERENCE_SCHEMA_VERSION:
-        raise r.fail(
-            f"schema_version {version} is not supported (this shelfedge reads {REFERENCE_SCHEMA_VERSION}); "
-            "save the reference again with this version of shelfedge"
-        )
-    n = r.required("num_samples", as_int)
-    inputs = r.child("inputs")
-    assert inputs is not None
-    doc: dict[str, Any] = {
-        "created_utc": r.required("created_utc", as_str),
-        "num_samples": n,
-        "shape": inputs.required("shape", as_list(as_int)),
-        "dtype": inputs.required("dtype", _dtype),
-        "saved": inputs.required("saved", as_bool),
-        "items": [
-            _item(v, f"{where}.inputs.items[{i}]") for i, v in enumerate(inputs.required("items", _any_list))
-        ],
-        "outputs": [
-            _output(v, f"{where}.outputs[{i}]") for i, v in enumerate(r.required("outputs", _any_list))
-        ],
-        "has_labels": r.required("has_labels", as_bool),
-        "info": r.required("info", as_str_dict),
-    }
-    inputs.finish()
-    pre = r.child("preprocessing")
-    assert pre is not None
-    try:
-        doc["preprocessing"] = Preprocessing.from_reader(pre)
-    except ValueError as e:  # Preprocessing checks its values on construction
-        raise ManifestError(f"{where}.preprocessing: {e}") from e
-    npz = r.child("npz")
-    assert npz is not None
-    if npz.required("file", as_str) != REFERENCE_NPZ:
-        raise npz.fail(f"'file' must be {REFERENCE_NPZ!r}")
-    doc["npz_sha256"] = npz.required("sha256", _sha)
-    npz.finish()
-    r.finish()
-    ids = [item["id"] for item in doc["items"]]
-    if len(ids) != n or len(set(ids)) != n:
-        raise ManifestError(f"{where}: inputs.items must list {n} inputs with unique ids, got {len(ids)}")
-    if not doc["outputs"] or any(o["shape"][:1] != [n] for o in doc["outputs"]):
-        raise ManifestError(f"{where}: every output must have {n} samples along its first axis")
-    for field in ("name", "key"):
-        if len({o[field] for o in doc["outputs"]}) != len(doc["outputs"]):
-            raise ManifestError(f"{where}: output {field}s must be unique")
-    return doc
-
-
-def _any_list(value: Any) -> tuple[Any, ...]:
-    return as_list(lambda v: v)(value)
-
-
-def _item(value: Any, where: str) -> dict[str, str]:
-    r = StrictReader(value, where, ManifestError)
-    item = {"id": r.required("id", as_str), "sha256": r.required("sha256", _sha)}
-    r.finish()
-    return item
-
-
-def _output(value: Any, where: str) -> dict[str, Any]:
-    r = StrictReader(value, where, ManifestError)
-    output = {
-        "name": r.required("name", as_str),
-        "key": r.required("key", as_str),
-        "shape": list(r.required("shape", as_list(as_int))),
-        "dtype": r.required("dtype", _dtype),
-    }
-    r.finish()
-    if output["key"] in ("labels", "inputs"):
-        raise ManifestError(f"{where}: key {output['key']!r} is reserved")
-    return output
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise BundleError(f"{path}: cannot read the reference arrays ({e}); save the reference again") from e

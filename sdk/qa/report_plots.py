@@ -17,8 +17,18 @@ from typing import Any
 from sdk.errors import BackendUnavailableError
 
 _DPI = 110
-_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf")
+_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 _MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "dynamic_int8": "v", "int16x8": "D", "mixed": "P"}
 
 
@@ -70,8 +80,9 @@ def latency_distribution(
     return _save(figure, path)
 
 
-def latency_vs_accuracy(points: Sequence[Mapping[str, Any]], path: Path, *,
-                        title: str = "Latency vs accuracy") -> Path | None:
+def latency_vs_accuracy(
+    points: Sequence[Mapping[str, Any]], path: Path, *, title: str = "Latency vs accuracy"
+) -> Path | None:
     """Scatter of ``latency_ms`` against ``accuracy`` (0..1); colour per runtime, marker per
     precision, each point labelled. Points without accuracy are left out; returns None (and
     writes nothing) when none has one.
@@ -89,8 +100,13 @@ def latency_vs_accuracy(points: Sequence[Mapping[str, Any]], path: Path, *,
         colour = _COLOURS[runtimes.index(str(point["runtime"])) % len(_COLOURS)]
         marker = _MARKERS.get(str(point.get("precision")), "o")
         ax.scatter(point["latency_ms"], 100.0 * point["accuracy"], color=colour, marker=marker, s=60)
-        ax.annotate(str(point.get("label", "")), (point["latency_ms"], 100.0 * point["accuracy"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.annotate(
+            str(point.get("label", "")),
+            (point["latency_ms"], 100.0 * point["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+        )
     for runtime in runtimes:
         ax.scatter([], [], color=_COLOURS[runtimes.index(runtime) % len(_COLOURS)], label=runtime)
     ax.legend(title="runtime (marker: precision)", fontsize=8)
@@ -105,9 +121,13 @@ def latency_vs_accuracy(points: Sequence[Mapping[str, Any]], path: Path, *,
     return _save(figure, path)
 
 
-def throughput_vs_batch(series: Mapping[str, Sequence[tuple[int, float]]], path: Path, *,
-                        extra_points: Mapping[str, tuple[int, float]] | None = None,
-                        title: str = "Throughput vs batch size") -> Path:
+def throughput_vs_batch(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    path: Path,
+    *,
+    extra_points: Mapping[str, tuple[int, float]] | None = None,
+    title: str = "Throughput vs batch size",
+) -> Path:
     """One line per label of (batch, images/s); ``extra_points`` (e.g. OpenVINO async at its
     batch) are drawn as stars in the colour of the line with the same label.
 
@@ -118,7 +138,7 @@ def throughput_vs_batch(series: Mapping[str, Sequence[tuple[int, float]]], path:
     ax = figure.subplots()
     labels = list(series)
     for i, label in enumerate(labels):
-        xs, ys = zip(*sorted(series[label])) if series[label] else ((), ())
+        xs, ys = zip(*sorted(series[label]), strict=False) if series[label] else ((), ())
         ax.plot(xs, ys, marker="o", color=_COLOURS[i % len(_COLOURS)], label=label)
     for label, (batch, value) in (extra_points or {}).items():
         colour = _COLOURS[labels.index(label) % len(_COLOURS)] if label in labels else "black"
@@ -135,8 +155,9 @@ def throughput_vs_batch(series: Mapping[str, Sequence[tuple[int, float]]], path:
     return _save(figure, path)
 
 
-def stage_split(stages_ms: Mapping[str, Mapping[str, float]], path: Path, *,
-                title: str = "End-to-end time per stage (medians)") -> Path:
+def stage_split(
+    stages_ms: Mapping[str, Mapping[str, float]], path: Path, *, title: str = "End-to-end time per stage (medians)"
+) -> Path:
     """Stacked horizontal bars: one bar per label, one segment per stage (in mapping order).
 
     Raises:
@@ -150,7 +171,7 @@ def stage_split(stages_ms: Mapping[str, Mapping[str, float]], path: Path, *,
     for j, stage in enumerate(stages):
         widths = [float(stages_ms[label].get(stage, 0.0)) for label in labels]
         ax.barh(labels, widths, left=left, color=_COLOURS[j % len(_COLOURS)], label=stage)
-        left = [a + b for a, b in zip(left, widths)]
+        left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.invert_yaxis()
     ax.set_xlabel("ms per image")
     ax.set_title(title)
@@ -206,8 +227,10 @@ def markdown_to_html(markdown: str) -> str:
 def html_page(title: str, markdown: str, path: Path) -> Path:
     """Write ``markdown`` (tables, image links relative to ``path``) as one static HTML page."""
     body = markdown_to_html(markdown)
-    text = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    text = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -158,16 +158,12 @@ def quantized_onnx(onnx_file: Path, rt_dir: Path) -> dict[str, Path]:
     class Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:
             rng = np.random.default_rng(2)
-            self._feeds = iter([{"image": rng.uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)}
-                                for _ in range(4)])
+            self._feeds = iter([{"image": rng.uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)} for _ in range(4)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._feeds, None)
 
     paths = {"qdq": rt_dir / "qdq.onnx", "dynamic": rt_dir / "dynamic.onnx"}
-    quantization.quantize_static(str(onnx_file), str(paths["qdq"]), Reader(),
-                                 quant_format=quantization.QuantFormat.QDQ)
-    quantization.quantize_dynamic(
-        str(onnx_file), str(paths["dynamic"]), weight_type=quantization.QuantType.QInt8
-    )
+    quantization.quantize_static(str(onnx_file), str(paths["qdq"]), Reader(), quant_format=quantization.QuantFormat.QDQ)
+    quantization.quantize_dynamic(str(onnx_file), str(paths["dynamic"]), weight_type=quantization.QuantType.QInt8)
     return paths

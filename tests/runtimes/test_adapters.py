@@ -28,8 +28,9 @@ class Case:
 
 
 def _case(runtime: str, fixture: str, output: str, garbage: str):  # -> pytest.param
-    return pytest.param(Case(runtime, fixture, output, garbage), id=f"{runtime}-{fixture}",
-                        marks=getattr(pytest.mark, runtime))
+    return pytest.param(
+        Case(runtime, fixture, output, garbage), id=f"{runtime}-{fixture}", marks=getattr(pytest.mark, runtime)
+    )
 
 
 CASES = [
@@ -157,7 +158,5 @@ def test_adapter_modules_succeed_with_no_backend_import_at_module_load() -> None
         "assert not heavy, heavy\n"
     )
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

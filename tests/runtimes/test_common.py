@@ -13,14 +13,27 @@ from sdk.runtime import SessionOptions
 from sdk.tensors import Quantization, TensorSpec
 
 MODEL = Path("model.bin")
-IMAGE = TensorSpec(name="image", shape=(-1, 224, 224, 3), dtype="uint8", layout=Layout.NHWC,
-                   quantization=Quantization(scale=0.5, zero_point=0))
+IMAGE = TensorSpec(
+    name="image",
+    shape=(-1, 224, 224, 3),
+    dtype="uint8",
+    layout=Layout.NHWC,
+    quantization=Quantization(scale=0.5, zero_point=0),
+)
 
 
-@pytest.mark.parametrize(("shape", "layout"), [
-    ((-1, 224, 224, 3), Layout.NHWC), ((1, 3, 224, 224), Layout.NCHW), ((1, 28, 28, 1), Layout.NHWC),
-    ((1, 3, 8, 4), Layout.NHWC), ((1, 16, 8, 8), Layout.ANY), ((-1, 1000), Layout.NC), ((5,), Layout.ANY),
-])
+@pytest.mark.parametrize(
+    ("shape", "layout"),
+    [
+        ((-1, 224, 224, 3), Layout.NHWC),
+        ((1, 3, 224, 224), Layout.NCHW),
+        ((1, 28, 28, 1), Layout.NHWC),
+        ((1, 3, 8, 4), Layout.NHWC),
+        ((1, 16, 8, 8), Layout.ANY),
+        ((-1, 1000), Layout.NC),
+        ((5,), Layout.ANY),
+    ],
+)
 def test_infer_layout_succeeds_with_channel_position(shape: tuple[int, ...], layout: Layout) -> None:
     assert infer_layout(shape) is layout
 
@@ -35,13 +48,16 @@ def test_check_specs_succeeds_with_matching_specs_and_alias() -> None:
     assert check_specs(MODEL, "input", [given], [IMAGE], {"image:0": "image"}) == [IMAGE]
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"dtype": "int8"}, r"dtype int8, the model's is uint8"),
-    ({"shape": (-1, 224, 224)}, r"shape \(-1, 224, 224\)"),
-    ({"shape": (-1, 256, 224, 3)}, r"shape \(-1, 256, 224, 3\)"),
-    ({"quantization": Quantization(scale=0.25, zero_point=0)}, r"quantization"),
-    ({"name": "pixels"}, r"'pixels' is not in the model"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dtype": "int8"}, r"dtype int8, the model's is uint8"),
+        ({"shape": (-1, 224, 224)}, r"shape \(-1, 224, 224\)"),
+        ({"shape": (-1, 256, 224, 3)}, r"shape \(-1, 256, 224, 3\)"),
+        ({"quantization": Quantization(scale=0.25, zero_point=0)}, r"quantization"),
+        ({"name": "pixels"}, r"'pixels' is not in the model"),
+    ],
+)
 def test_check_specs_fails_with_mismatch(change: dict, message: str) -> None:
     given = TensorSpec(**{**IMAGE.__dict__, **change})
     with pytest.raises(ManifestError, match=message):

@@ -33,9 +33,7 @@ def test_open_session_fails_with_missing_edgetpu_delegate_under_strict(tflite_fi
     assert error.value.__cause__ is not None
 
 
-def test_open_session_succeeds_with_missing_delegate_under_record(
-    tflite_file: Path, images, reference
-) -> None:
+def test_open_session_succeeds_with_missing_delegate_under_record(tflite_file: Path, images, reference) -> None:
     inputs, outputs = litert.describe(tflite_file)
     with litert.open_session(tflite_file, inputs, outputs, _options(FallbackPolicy.RECORD)) as session:
         got = session.run({"image": images[3]})["output_0"]

@@ -34,8 +34,11 @@ def _open(path: Path, **options: object):
 
 def _cuda(policy: FallbackPolicy) -> dict[str, object]:
     providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    return {"device": Device.GPU, "fallback": policy,
-            "runtime_options": RuntimeOptions(threads=1, execution_providers=providers)}
+    return {
+        "device": Device.GPU,
+        "fallback": policy,
+        "runtime_options": RuntimeOptions(threads=1, execution_providers=providers),
+    }
 
 
 def test_open_session_fails_with_missing_cuda_provider_under_strict(onnx_file: Path, no_cuda) -> None:
@@ -56,16 +59,12 @@ def test_open_session_succeeds_with_missing_cuda_provider_under_record(
     assert info.threads == 1
 
 
-def test_open_session_fails_with_gpu_device_and_no_gpu_provider_under_strict(
-    onnx_file: Path, no_cuda
-) -> None:
+def test_open_session_fails_with_gpu_device_and_no_gpu_provider_under_strict(onnx_file: Path, no_cuda) -> None:
     with pytest.raises(BackendUnavailableError, match=r"device GPU needs one of .*CUDAExecutionProvider"):
         _open(onnx_file, device=Device.GPU, fallback=FallbackPolicy.STRICT)
 
 
-def test_open_session_succeeds_with_gpu_device_falling_back_to_cpu_under_record(
-    onnx_file: Path, no_cuda
-) -> None:
+def test_open_session_succeeds_with_gpu_device_falling_back_to_cpu_under_record(onnx_file: Path, no_cuda) -> None:
     with _open(onnx_file, device=Device.GPU, fallback=FallbackPolicy.RECORD) as session:
         assert session.info.fell_back is True
         assert session.info.actual_accelerator == "CPUExecutionProvider"
@@ -79,9 +78,7 @@ def test_open_session_succeeds_with_cpu_provider_under_strict(onnx_file: Path) -
         assert session.info.details["cpu_fallback_disabled"] is False
 
 
-@pytest.mark.parametrize(
-    ("kind", "precision"), [("qdq", Precision.INT8), ("dynamic", Precision.DYNAMIC_INT8)]
-)
+@pytest.mark.parametrize(("kind", "precision"), [("qdq", Precision.INT8), ("dynamic", Precision.DYNAMIC_INT8)])
 def test_open_session_succeeds_with_quantized_model_precision_from_the_graph(
     quantized_onnx, kind: str, precision: Precision, images, reference
 ) -> None:

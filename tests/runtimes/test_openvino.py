@@ -67,7 +67,7 @@ def test_run_async_succeeds_with_same_results_as_run(ir_file: Path, images) -> N
         got = session.run_async(feeds)
         assert session.info.details["performance_hint"] == "THROUGHPUT"
     assert len(got) == len(feeds)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g["output_0"], e, atol=1e-6, rtol=0)
 
 
@@ -110,9 +110,7 @@ def test_backend_info_succeeds_with_full_device_names() -> None:
     assert any(d["device"] == "CPU" and d["full_name"] for d in devices)
 
 
-@pytest.mark.parametrize(
-    ("kind", "precision"), [("qdq", Precision.INT8), ("dynamic", Precision.DYNAMIC_INT8)]
-)
+@pytest.mark.parametrize(("kind", "precision"), [("qdq", Precision.INT8), ("dynamic", Precision.DYNAMIC_INT8)])
 def test_open_session_succeeds_with_quantized_onnx_precision_from_the_graph(
     quantized_onnx, kind: str, precision: Precision
 ) -> None:

@@ -31,9 +31,7 @@ def _open(path: Path, **options: object):
     return tf_adapter.open_session(path, inputs, outputs, SessionOptions(**options))
 
 
-def test_open_session_succeeds_with_cpu_reference_when_no_gpu(
-    keras_file: Path, no_gpu, images, reference
-) -> None:
+def test_open_session_succeeds_with_cpu_reference_when_no_gpu(keras_file: Path, no_gpu, images, reference) -> None:
     with _open(keras_file, device=Device.GPU, fallback=FallbackPolicy.RECORD) as session:
         got = session.run({"image": images[3]})["logits"]
         info = session.info

@@ -13,16 +13,26 @@ import numpy as np
 import pytest
 
 import cli
+from sdk.enums import ModelFormat, Runtime
+from sdk.errors import ConfigError
+from sdk.profiles import Budgets, load_profile
 from sdk.qa import report_plots
 from sdk.qa.bench import BenchConfig, bench_bundle
 from sdk.qa.bench_compare import Contender, interleaved_speedups
 from sdk.qa.bench_stats import interleaved_blocks, latency_stats, ratio_stats
-from sdk.enums import ModelFormat, Runtime
-from sdk.errors import ConfigError
-from sdk.profiles import Budgets, load_profile
 
-TINY = BenchConfig(warmup=2, repeats=15, min_time_s=0.0, batch_sizes=(1, 2), throughput_time_s=0.02,
-                   e2e_repeats=5, cold_start=False, measure_memory=False, overhead_blocks=4, overhead_calls=2)
+TINY = BenchConfig(
+    warmup=2,
+    repeats=15,
+    min_time_s=0.0,
+    batch_sizes=(1, 2),
+    throughput_time_s=0.02,
+    e2e_repeats=5,
+    cold_start=False,
+    measure_memory=False,
+    overhead_blocks=4,
+    overhead_calls=2,
+)
 CASES = [
     pytest.param(ModelFormat.TFLITE, "litert", marks=pytest.mark.litert, id="litert"),
     pytest.param(ModelFormat.OPENVINO, "openvino", marks=pytest.mark.openvino, id="openvino"),
@@ -36,8 +46,7 @@ def _ordered(stats) -> bool:
 
 
 @pytest.mark.parametrize(("fmt", "runtime"), CASES)
-def test_bench_bundle_succeeds_with_sane_numbers_on_each_runtime(exported_bundles, sample_images, fmt,
-                                                                  runtime) -> None:
+def test_bench_bundle_succeeds_with_sane_numbers_on_each_runtime(exported_bundles, sample_images, fmt, runtime) -> None:
     config = dataclasses.replace(TINY, images=tuple(sample_images), labels=(0, 1, 2, 3, 0))
     lines: list[str] = []
     result = bench_bundle(exported_bundles[fmt], runtime, config=config, progress=lines.append)
@@ -67,8 +76,15 @@ def test_bench_bundle_succeeds_with_sane_numbers_on_each_runtime(exported_bundle
 
 @pytest.mark.litert
 def test_bench_bundle_succeeds_with_cold_start_and_memory_from_a_fresh_process(exported_bundles) -> None:
-    config = dataclasses.replace(TINY, cold_start=True, cold_start_runs=1, measure_memory=True,
-                                 end_to_end=False, bare_loop=False, memory_inferences=3)
+    config = dataclasses.replace(
+        TINY,
+        cold_start=True,
+        cold_start_runs=1,
+        measure_memory=True,
+        end_to_end=False,
+        bare_loop=False,
+        memory_inferences=3,
+    )
     result = bench_bundle(exported_bundles[ModelFormat.TFLITE], config=config)
     cold, memory = result.cold_start, result.memory
     assert cold is not None and len(cold.runs) == 1
@@ -82,8 +98,9 @@ def test_bench_bundle_succeeds_with_cold_start_and_memory_from_a_fresh_process(e
 
 @pytest.mark.onnxruntime
 def test_bench_bundle_fails_budgets_with_an_absurdly_small_budget(exported_bundles) -> None:
-    profile = dataclasses.replace(load_profile("onnxruntime-cpu"),
-                                  budgets=Budgets(p95_latency_ms=1e-6, peak_memory_mb=1e-6, bundle_size_mb=1e-9))
+    profile = dataclasses.replace(
+        load_profile("onnxruntime-cpu"), budgets=Budgets(p95_latency_ms=1e-6, peak_memory_mb=1e-6, bundle_size_mb=1e-9)
+    )
     config = dataclasses.replace(TINY, end_to_end=False, bare_loop=False)
     result = bench_bundle(exported_bundles[ModelFormat.ONNX], profile=profile, config=config)
     by_name = {c.budget: c for c in result.budgets}
@@ -122,17 +139,24 @@ def test_latency_stats_succeeds_with_ordered_percentiles_and_a_median_ci() -> No
 @pytest.mark.litert
 @pytest.mark.onnxruntime
 def test_interleaved_speedups_succeed_with_the_requested_blocks_and_a_spread_around_the_median(
-        exported_bundles) -> None:
+    exported_bundles,
+) -> None:
     config = dataclasses.replace(TINY, speedup_blocks=6, speedup_calls=2)
     baseline = Contender(bundle=exported_bundles[ModelFormat.ONNX], runtime=Runtime.ONNXRUNTIME)
     student = Contender(bundle=exported_bundles[ModelFormat.TFLITE], runtime=Runtime.LITERT)
     (speedup,) = interleaved_speedups(baseline, [student], config=config)
     assert speedup.blocks == 6 and speedup.calls_per_block == 2
     assert speedup.p25 <= speedup.median <= speedup.p75 and speedup.ci95_low <= speedup.median <= speedup.ci95_high
-    result = bench_bundle(student.bundle, "litert", config=dataclasses.replace(config, end_to_end=False,
-                                                                            bare_loop=False, batch_sizes=(1,)))
-    teacher = bench_bundle(baseline.bundle, "onnxruntime", config=dataclasses.replace(config, end_to_end=False,
-                                                                                    bare_loop=False, batch_sizes=(1,)))
+    result = bench_bundle(
+        student.bundle,
+        "litert",
+        config=dataclasses.replace(config, end_to_end=False, bare_loop=False, batch_sizes=(1,)),
+    )
+    teacher = bench_bundle(
+        baseline.bundle,
+        "onnxruntime",
+        config=dataclasses.replace(config, end_to_end=False, bare_loop=False, batch_sizes=(1,)),
+    )
     comparison = result.compare_to(teacher, interleaved=speedup)
     assert comparison.infer_p50_speedup == speedup.median and comparison.speedup_method == "interleaved"
     assert comparison.to_dict()["infer_speedup"]["blocks"] == 6
@@ -161,8 +185,9 @@ def test_latency_stats_fails_with_no_samples() -> None:
         latency_stats([])
 
 
-@pytest.mark.parametrize("changes", [{"repeats": 0}, {"batch_sizes": ()}, {"min_time_s": -1.0},
-                                     {"images": (b"x",), "labels": (1, 2)}])
+@pytest.mark.parametrize(
+    "changes", [{"repeats": 0}, {"batch_sizes": ()}, {"min_time_s": -1.0}, {"images": (b"x",), "labels": (1, 2)}]
+)
 def test_bench_config_fails_with_bad_values(changes) -> None:
     with pytest.raises(ConfigError, match="BenchConfig"):
         BenchConfig(**changes)
@@ -170,8 +195,10 @@ def test_bench_config_fails_with_bad_values(changes) -> None:
 
 def test_report_plots_succeed_with_pngs_and_a_static_html_page(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    points = [{"label": "a", "runtime": "litert", "precision": "int8", "latency_ms": 1.0, "accuracy": 0.9},
-              {"label": "b", "runtime": "openvino", "precision": "fp32", "latency_ms": 2.0, "accuracy": 0.95}]
+    points = [
+        {"label": "a", "runtime": "litert", "precision": "int8", "latency_ms": 1.0, "accuracy": 0.9},
+        {"label": "b", "runtime": "openvino", "precision": "fp32", "latency_ms": 2.0, "accuracy": 0.95},
+    ]
     assert report_plots.latency_vs_accuracy(points, tmp_path / "acc.png").stat().st_size > 0
     assert report_plots.latency_vs_accuracy([{**p, "accuracy": None} for p in points], tmp_path / "no.png") is None
     assert not (tmp_path / "no.png").exists()
@@ -183,21 +210,39 @@ def test_report_plots_succeed_with_pngs_and_a_static_html_page(tmp_path: Path) -
 
 @pytest.mark.litert
 @pytest.mark.tensorflow
-def test_cli_bench_succeeds_writing_json_markdown_plots_and_html(exported_bundles, sample_images, tmp_path,
-                                                                  capsys, monkeypatch) -> None:
+def test_cli_bench_succeeds_writing_json_markdown_plots_and_html(
+    exported_bundles, sample_images, tmp_path, capsys, monkeypatch
+) -> None:
     pytest.importorskip("matplotlib")
     monkeypatch.setitem(cli.COMMANDS, "bench", ("cli.bench", "benchmark bundles"))
     out = tmp_path / "bench"
-    code = cli.main(["bench", "--bundle", str(exported_bundles[ModelFormat.TFLITE].path),
-                         "--baseline", str(exported_bundles[ModelFormat.KERAS].path), "--quick", "--no-cold-start",
-                         "--no-memory", "--batch-sizes", "1,2", "--images", *map(str, sample_images),
-                         "--out", str(out), "--json"])
+    code = cli.main(
+        [
+            "bench",
+            "--bundle",
+            str(exported_bundles[ModelFormat.TFLITE].path),
+            "--baseline",
+            str(exported_bundles[ModelFormat.KERAS].path),
+            "--quick",
+            "--no-cold-start",
+            "--no-memory",
+            "--batch-sizes",
+            "1,2",
+            "--images",
+            *map(str, sample_images),
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "bench.json").read_text())
     assert report["schema_version"] == 1 and {"host", "versions", "config", "results"} <= set(report)
     assert [(r["runtime"], r["comparison"] is None) for r in report["results"]] == [
-        ("tensorflow", True), ("litert", False)]
+        ("tensorflow", True),
+        ("litert", False),
+    ]
     assert report["baseline"] == "tiny-keras-fp32 on tensorflow" and report["images"]["count"] == 5
     comparison = report["results"][1]["comparison"]
     spread = comparison["infer_speedup"]
@@ -213,29 +258,58 @@ def test_cli_bench_succeeds_writing_json_markdown_plots_and_html(exported_bundle
 
 
 @pytest.mark.onnxruntime
-def test_cli_bench_fails_with_exit_1_when_a_budget_fails(exported_bundles, sample_images, tmp_path, capsys,
-                                                         monkeypatch) -> None:
+def test_cli_bench_fails_with_exit_1_when_a_budget_fails(
+    exported_bundles, sample_images, tmp_path, capsys, monkeypatch
+) -> None:
     source = Path(load_profile("onnxruntime-cpu").source).read_text()
     tiny = source.replace("id: onnxruntime-cpu", "id: tiny-budget")
     tiny = tiny.replace("p95_latency_ms: 40", "p95_latency_ms: 1.0e-6")
     assert tiny.count("tiny-budget") == 1 and "1.0e-6" in tiny
     (tmp_path / "tiny-budget.yaml").write_text(tiny)
     monkeypatch.setitem(cli.COMMANDS, "bench", ("cli.bench", "benchmark bundles"))
-    code = cli.main(["bench", "--bundle", str(exported_bundles[ModelFormat.ONNX].path), "--profile",
-                         str(tmp_path / "tiny-budget.yaml"), "--quick", "--no-cold-start", "--no-memory",
-                         "--no-plots",
-                         "--batch-sizes", "1", "--images", str(sample_images[0]), "--out", str(tmp_path / "o")])
+    code = cli.main(
+        [
+            "bench",
+            "--bundle",
+            str(exported_bundles[ModelFormat.ONNX].path),
+            "--profile",
+            str(tmp_path / "tiny-budget.yaml"),
+            "--quick",
+            "--no-cold-start",
+            "--no-memory",
+            "--no-plots",
+            "--batch-sizes",
+            "1",
+            "--images",
+            str(sample_images[0]),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 1
     assert "budget FAIL" in capsys.readouterr().out and "p95_latency_ms" in (tmp_path / "o" / "bench.md").read_text()
 
 
 @pytest.mark.onnxruntime
 def test_cli_bench_fails_with_exit_2_when_the_profile_runs_another_runtime_than_the_bundle_format(
-        exported_bundles, tmp_path, capsys, monkeypatch) -> None:
+    exported_bundles, tmp_path, capsys, monkeypatch
+) -> None:
     monkeypatch.setitem(cli.COMMANDS, "bench", ("cli.bench", "benchmark bundles"))
-    code = cli.main(["bench", "--bundle", str(exported_bundles[ModelFormat.ONNX].path), "--profile",
-                     "android-arm64", "--quick", "--no-cold-start", "--no-memory", "--no-plots",
-                     "--out", str(tmp_path / "o")])
+    code = cli.main(
+        [
+            "bench",
+            "--bundle",
+            str(exported_bundles[ModelFormat.ONNX].path),
+            "--profile",
+            "android-arm64",
+            "--quick",
+            "--no-cold-start",
+            "--no-memory",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "onnx format" in err and "'android-arm64' runs litert" in err and "--runtime onnxruntime" in err

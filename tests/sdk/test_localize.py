@@ -14,8 +14,8 @@ keras = pytest.importorskip("keras")
 from sdk.bundle import Bundle, sha256_file, write_bundle  # noqa: E402
 from sdk.enums import ModelFormat, Runtime  # noqa: E402
 from sdk.errors import ConfigError  # noqa: E402
-from sdk.qa.localize import INPUT, find_fp32_parent, localize, relative_error  # noqa: E402
 from sdk.manifest import MANIFEST_NAME, Preprocessing  # noqa: E402
+from sdk.qa.localize import INPUT, find_fp32_parent, localize, relative_error  # noqa: E402
 
 pytestmark = [pytest.mark.openvino, pytest.mark.tensorflow]
 
@@ -31,8 +31,14 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict:
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(3, name="logits")(x)
     pre = Preprocessing(size=(16, 16), mean=(127.5,) * 3, std=(127.5,) * 3)
-    return export(keras.Model(inputs, outputs), out_dir=tmp_path_factory.mktemp("b"), formats=["openvino", "tflite"],
-                  name="tiny", labels=("a", "b", "c"), preprocessing=pre)
+    return export(
+        keras.Model(inputs, outputs),
+        out_dir=tmp_path_factory.mktemp("b"),
+        formats=["openvino", "tflite"],
+        name="tiny",
+        labels=("a", "b", "c"),
+        preprocessing=pre,
+    )
 
 
 def test_localize_succeeds_with_no_divergence_on_identical_inputs(bundles) -> None:
@@ -73,8 +79,9 @@ def test_find_fp32_parent_succeeds_only_with_the_recorded_hash(bundles, tmp_path
     m = Bundle.open(child).manifest
 
     def with_parent(value: str) -> Bundle:
-        return write_bundle(child, m.with_changes(
-            provenance=m.provenance.__class__(**{**m.provenance.__dict__, "parent": value})))
+        return write_bundle(
+            child, m.with_changes(provenance=m.provenance.__class__(**{**m.provenance.__dict__, "parent": value}))
+        )
 
     found = find_fp32_parent(with_parent(f"tiny-openvino-fp32@sha256:{sha256_file(parent / MANIFEST_NAME)}"))
     assert found is not None and found.path == parent

@@ -15,18 +15,27 @@ import pytest
 
 import cli
 from sdk import synthetic
-from sdk.qa.bench import BenchConfig
 from sdk.bundle import Bundle, write_bundle
 from sdk.enums import ModelFormat
 from sdk.errors import ConfigError
-from sdk.qa.matrix import find_bundles, run_matrix
 from sdk.profiles import load_profile
+from sdk.qa.bench import BenchConfig
+from sdk.qa.matrix import find_bundles, run_matrix
 
 pytestmark = [pytest.mark.onnxruntime, pytest.mark.openvino, pytest.mark.tensorflow]
 
 SIZE = 32
-TINY = BenchConfig(warmup=2, repeats=10, min_time_s=0.0, batch_sizes=(1,), throughput_time_s=0.02, e2e_repeats=3,
-                   cold_start=False, measure_memory=False, bare_loop=False)
+TINY = BenchConfig(
+    warmup=2,
+    repeats=10,
+    min_time_s=0.0,
+    batch_sizes=(1,),
+    throughput_time_s=0.02,
+    e2e_repeats=3,
+    cold_start=False,
+    measure_memory=False,
+    bare_loop=False,
+)
 NPU_PROFILE = "intel-core-ultra-npu"  # strict fallback: skipped on a host without an NPU
 
 
@@ -48,8 +57,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     outputs = keras.layers.Dense(6, name="logits")(x)
     model = keras.Model(inputs, outputs)
     pre = Preprocessing(size=(SIZE, SIZE), mean=(127.5,) * 3, std=(127.5,) * 3)
-    exported = export(model, out_dir=tmp_path_factory.mktemp("export"), formats=["keras", "onnx", "openvino"],
-                      name="tiny", labels=load_split(data, "train").class_names, preprocessing=pre)
+    exported = export(
+        model,
+        out_dir=tmp_path_factory.mktemp("export"),
+        formats=["keras", "onnx", "openvino"],
+        name="tiny",
+        labels=load_split(data, "train").class_names,
+        preprocessing=pre,
+    )
     # A convert-style tree: a profile folder with a variants folder, plus the server model.
     good = tmp_path_factory.mktemp("good")
     shutil.copytree(exported[ModelFormat.ONNX].path, good / "tiny-onnx-fp32")
@@ -62,10 +77,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model_file.write_bytes(model_file.read_bytes() + b"\0")
     shutil.copytree(exported[ModelFormat.ONNX].path, bad / "wrong-mean")
     manifest = Bundle.open(bad / "wrong-mean").manifest
-    write_bundle(bad / "wrong-mean", manifest.with_changes(preprocessing=dataclasses.replace(
-        manifest.preprocessing, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0))))
-    ref = make_reference(exported[ModelFormat.KERAS].path, load_split(data, "val"),
-                         tmp_path_factory.mktemp("ref") / "ref", log=lambda m: None)
+    write_bundle(
+        bad / "wrong-mean",
+        manifest.with_changes(
+            preprocessing=dataclasses.replace(manifest.preprocessing, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0))
+        ),
+    )
+    ref = make_reference(
+        exported[ModelFormat.KERAS].path,
+        load_split(data, "val"),
+        tmp_path_factory.mktemp("ref") / "ref",
+        log=lambda m: None,
+    )
     return {"data": data, "good": good, "bad": bad, "ref": ref}
 
 
@@ -86,7 +109,7 @@ def test_find_bundles_succeeds_with_a_nested_convert_layout(setup) -> None:
 
 
 def test_find_bundles_fails_with_no_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no manifest.json"):
+    with pytest.raises(ConfigError, match=r"no manifest\.json"):
         find_bundles(tmp_path)
 
 
@@ -94,9 +117,23 @@ def test_cli_matrix_succeeds_with_fp32_passing_and_absent_devices_skipped(setup,
     out = tmp_path / "matrix"
     profiles = f"onnxruntime-cpu,x86-kiosk-cpu,{NPU_PROFILE}"
     # The reference is the Keras bundle inside --bundles: computed now, and left out of the matrix.
-    code = cli.main(["matrix", "--bundles", str(setup["good"]), "--profiles", profiles, "--reference",
-                         str(setup["good"] / "tiny-keras-fp32"), "--data", str(setup["data"]), "--quick",
-                         "--out", str(out), "--json"])
+    code = cli.main(
+        [
+            "matrix",
+            "--bundles",
+            str(setup["good"]),
+            "--profiles",
+            profiles,
+            "--reference",
+            str(setup["good"] / "tiny-keras-fp32"),
+            "--data",
+            str(setup["data"]),
+            "--quick",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert code == 0 and printed["passed"] is True
     report = json.loads((out / "matrix.json").read_text())
@@ -130,11 +167,26 @@ def test_cli_matrix_succeeds_with_fp32_passing_and_absent_devices_skipped(setup,
 
 
 def test_cli_matrix_fails_with_exit_1_for_a_wrong_mean_and_an_error_row_for_a_tampered_bundle(
-        setup, tmp_path: Path, capsys) -> None:
+    setup, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "matrix"
-    code = cli.main(["matrix", "--bundles", str(setup["bad"]), "--profiles", "onnxruntime-cpu", "--reference",
-                         str(setup["ref"].path), "--data", str(setup["data"]), "--quick", "--no-plots",
-                         "--out", str(out)])
+    code = cli.main(
+        [
+            "matrix",
+            "--bundles",
+            str(setup["bad"]),
+            "--profiles",
+            "onnxruntime-cpu",
+            "--reference",
+            str(setup["ref"].path),
+            "--data",
+            str(setup["data"]),
+            "--quick",
+            "--no-plots",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 1
     rows = _rows(json.loads((out / "matrix.json").read_text()))
@@ -151,11 +203,19 @@ def test_cli_matrix_fails_with_exit_1_for_a_wrong_mean_and_an_error_row_for_a_ta
 
 def test_run_matrix_fails_a_budget_with_an_absurdly_small_latency_budget(setup, tmp_path: Path) -> None:
     source = Path(load_profile("onnxruntime-cpu").source).read_text()
-    tiny = source.replace("id: onnxruntime-cpu", "id: tiny-budget").replace("p95_latency_ms: 40",
-                                                                            "p95_latency_ms: 1.0e-6")
+    tiny = source.replace("id: onnxruntime-cpu", "id: tiny-budget").replace(
+        "p95_latency_ms: 40", "p95_latency_ms: 1.0e-6"
+    )
     (tmp_path / "tiny-budget.yaml").write_text(tiny)
-    result = run_matrix(setup["bad"] / "wrong-mean", [load_profile(tmp_path / "tiny-budget.yaml")], setup["ref"],
-                        _dataset(setup), bench=TINY, bench_images=4, log=lambda m: None)
+    result = run_matrix(
+        setup["bad"] / "wrong-mean",
+        [load_profile(tmp_path / "tiny-budget.yaml")],
+        setup["ref"],
+        _dataset(setup),
+        bench=TINY,
+        bench_images=4,
+        log=lambda m: None,
+    )
     (row,) = result.rows
     assert row.status == "ran" and row.bench is not None and row.bench.budgets_passed is False
     assert any(f.startswith("budget p95_latency_ms") for f in row.failures) and not result.passed
@@ -165,17 +225,42 @@ def test_run_matrix_fails_a_budget_with_an_absurdly_small_latency_budget(setup, 
 def test_cli_matrix_fails_with_exit_2_when_no_pair_can_run_here(setup, tmp_path: Path, capsys) -> None:
     if _npu_present():
         pytest.skip("this host has an NPU")
-    code = cli.main(["matrix", "--bundles", str(setup["good"] / "tiny-onnx-fp32"), "--profiles",
-                         f"android-arm64,{NPU_PROFILE}", "--reference", str(setup["ref"].path), "--data",
-                         str(setup["data"]), "--out", str(tmp_path / "m"), "--json"])
+    code = cli.main(
+        [
+            "matrix",
+            "--bundles",
+            str(setup["good"] / "tiny-onnx-fp32"),
+            "--profiles",
+            f"android-arm64,{NPU_PROFILE}",
+            "--reference",
+            str(setup["ref"].path),
+            "--data",
+            str(setup["data"]),
+            "--out",
+            str(tmp_path / "m"),
+            "--json",
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert code == 2 and printed["error"] == "BackendUnavailableError"
     assert "litert does not read onnx" in (tmp_path / "m" / "matrix.md").read_text()
 
 
 def test_cli_matrix_fails_with_exit_2_for_an_unknown_profile(setup, tmp_path: Path, capsys) -> None:
-    code = cli.main(["matrix", "--bundles", str(setup["good"]), "--profiles", "onnxruntime-cpu,no-such-device",
-                         "--reference", str(setup["ref"].path), "--out", str(tmp_path / "m"), "--json"])
+    code = cli.main(
+        [
+            "matrix",
+            "--bundles",
+            str(setup["good"]),
+            "--profiles",
+            "onnxruntime-cpu,no-such-device",
+            "--reference",
+            str(setup["ref"].path),
+            "--out",
+            str(tmp_path / "m"),
+            "--json",
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert code == 2 and printed["error"] == "ProfileError" and "no-such-device" in printed["message"]
     assert not (tmp_path / "m").exists()

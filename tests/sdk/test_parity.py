@@ -11,6 +11,7 @@ import pytest
 
 from sdk.enums import OutputKind
 from sdk.errors import ConfigError, InputError
+from sdk.profiles import ParityTolerance
 from sdk.qa.parity import (
     PSNR_CAP_DB,
     TOLERANCE_METRICS,
@@ -21,7 +22,6 @@ from sdk.qa.parity import (
     task_metrics,
     tensor_metrics,
 )
-from sdk.profiles import ParityTolerance
 
 LOGITS = np.array([[2.0, 1.0, 0.5, -1.0], [0.1, 0.3, 2.5, 0.0], [1.0, 4.0, -2.0, 0.5]], dtype=np.float32)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cli import main
 from sdk import synthetic
 from sdk.bundle import Bundle, write_bundle
-from cli import main
 from sdk.enums import ModelFormat
 
 SIZE = 32
@@ -35,26 +35,54 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     outputs = keras.layers.Dense(6, name="logits")(x)
     model = keras.Model(inputs, outputs)
     pre = Preprocessing(size=(SIZE, SIZE), mean=(127.5,) * 3, std=(127.5,) * 3)
-    bundles = export(model, out_dir=tmp_path_factory.mktemp("bundles"), formats=["keras", "tflite", "onnx"],
-                     name="tiny", labels=load_split(data, "train").class_names, preprocessing=pre)
+    bundles = export(
+        model,
+        out_dir=tmp_path_factory.mktemp("bundles"),
+        formats=["keras", "tflite", "onnx"],
+        name="tiny",
+        labels=load_split(data, "train").class_names,
+        preprocessing=pre,
+    )
     return {"data": data, "bundles": bundles}
 
 
 def _parity(args: list[str]) -> tuple[int, dict]:
-    done = subprocess.run([sys.executable, "-m", "cli", "parity", *args, "--json"], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "parity", *args, "--json"], capture_output=True, text=True, timeout=300
+    )
     return done.returncode, json.loads(done.stdout)
 
 
 def test_parity_succeeds_with_saved_reference_compared_in_another_process(setup, tmp_path: Path, capsys) -> None:
     bundles, data = setup["bundles"], setup["data"]
     ref = tmp_path / "ref"
-    assert main(["reference", "--model", str(bundles[ModelFormat.KERAS].path), "--data", str(data),
-                 "--out", str(ref), "--json"]) == 0
+    assert (
+        main(
+            [
+                "reference",
+                "--model",
+                str(bundles[ModelFormat.KERAS].path),
+                "--data",
+                str(data),
+                "--out",
+                str(ref),
+                "--json",
+            ]
+        )
+        == 0
+    )
     saved = json.loads(capsys.readouterr().out)
     assert saved["samples"] == 18 and saved["info"]["runtime"] == "tensorflow"
-    args = ["--bundle", str(bundles[ModelFormat.TFLITE].path), "--bundle", str(bundles[ModelFormat.ONNX].path),
-            "--reference", str(ref), "--data", str(data)]
+    args = [
+        "--bundle",
+        str(bundles[ModelFormat.TFLITE].path),
+        "--bundle",
+        str(bundles[ModelFormat.ONNX].path),
+        "--reference",
+        str(ref),
+        "--data",
+        str(data),
+    ]
     code, report = _parity(args)
     assert code == 0 and report["passed"] is True
     runs = {(Path(r["bundle"]).name, r["runtime"]) for r in report["results"]}
@@ -74,11 +102,15 @@ def test_parity_fails_with_wrong_mean_in_the_manifest(setup, tmp_path: Path) -> 
     broken = tmp_path / "broken"
     shutil.copytree(bundles[ModelFormat.TFLITE].path, broken)
     manifest = Bundle.open(broken).manifest
-    wrong = manifest.with_changes(preprocessing=manifest.preprocessing.__class__(
-        **{**manifest.preprocessing.__dict__, "mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0)}))
+    wrong = manifest.with_changes(
+        preprocessing=manifest.preprocessing.__class__(
+            **{**manifest.preprocessing.__dict__, "mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0)}
+        )
+    )
     write_bundle(broken, wrong)
-    code, report = _parity(["--bundle", str(broken), "--reference", str(bundles[ModelFormat.KERAS].path),
-                            "--data", str(data)])
+    code, report = _parity(
+        ["--bundle", str(broken), "--reference", str(bundles[ModelFormat.KERAS].path), "--data", str(data)]
+    )
     assert code == 1 and report["passed"] is False
     failed = report["results"][0]["verdict"]["failed"]
     assert "max_abs_diff" in failed
@@ -87,8 +119,14 @@ def test_parity_fails_with_wrong_mean_in_the_manifest(setup, tmp_path: Path) -> 
 def _copy_with_wrong_mean(source: Bundle, target: Path) -> Path:
     shutil.copytree(source.path, target)
     manifest = Bundle.open(target).manifest
-    write_bundle(target, manifest.with_changes(preprocessing=manifest.preprocessing.__class__(
-        **{**manifest.preprocessing.__dict__, "mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0)})))
+    write_bundle(
+        target,
+        manifest.with_changes(
+            preprocessing=manifest.preprocessing.__class__(
+                **{**manifest.preprocessing.__dict__, "mean": (0.0, 0.0, 0.0), "std": (255.0, 255.0, 255.0)}
+            )
+        ),
+    )
     return target
 
 
@@ -96,8 +134,18 @@ def test_parity_fails_with_wrong_mean_localised_at_the_input_on_onnx(setup, tmp_
     bundles, data = setup["bundles"], setup["data"]
     broken = _copy_with_wrong_mean(bundles[ModelFormat.ONNX], tmp_path / "broken-onnx")
     out = tmp_path / "report"
-    code, report = _parity(["--bundle", str(broken), "--reference", str(bundles[ModelFormat.KERAS].path),
-                            "--data", str(data), "--out", str(out)])
+    code, report = _parity(
+        [
+            "--bundle",
+            str(broken),
+            "--reference",
+            str(bundles[ModelFormat.KERAS].path),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 1
     for result in report["results"]:  # onnxruntime and openvino both read ONNX
         where = result["localisation"]
@@ -130,10 +178,22 @@ def test_parity_fails_with_perturbed_weights_localised_at_the_first_changed_laye
     onnx.save(model, str(bundle.model_path))
     m = bundle.manifest
     parent = f"{original.name}@sha256:{sha256_file(original / MANIFEST_NAME)}"
-    write_bundle(broken, m.with_changes(provenance=m.provenance.__class__(**{**m.provenance.__dict__, "parent": parent})))
+    write_bundle(
+        broken, m.with_changes(provenance=m.provenance.__class__(**{**m.provenance.__dict__, "parent": parent}))
+    )
 
-    code, report = _parity(["--bundle", str(broken), "--reference", str(bundles[ModelFormat.KERAS].path),
-                            "--data", str(data), "--runtime", "onnxruntime"])
+    code, report = _parity(
+        [
+            "--bundle",
+            str(broken),
+            "--reference",
+            str(bundles[ModelFormat.KERAS].path),
+            "--data",
+            str(data),
+            "--runtime",
+            "onnxruntime",
+        ]
+    )
     assert code == 1
     where = report["results"][0]["localisation"]
     assert "its fp32 parent tiny-onnx-fp32" in where["compared_with"]
@@ -155,7 +215,17 @@ def test_parity_fails_with_inputs_not_matching_the_reference(setup, tmp_path: Pa
     other = tmp_path / "data"
     shutil.copytree(data, other)
     cv2.imwrite(str(other / first.relative_to(data)), 255 - image)
-    code = main(["parity", "--bundle", str(bundles[ModelFormat.TFLITE].path), "--reference", str(ref),
-                 "--data", str(other), "--json"])
+    code = main(
+        [
+            "parity",
+            "--bundle",
+            str(bundles[ModelFormat.TFLITE].path),
+            "--reference",
+            str(ref),
+            "--data",
+            str(other),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 2 and out["error"] == "ParityError" and "differs from the reference" in out["message"]

@@ -34,9 +34,14 @@ def _arrays() -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
 
 def _save(directory: Path, **changes: object) -> Path:
     inputs, outputs, labels = _arrays()
-    kwargs: dict = dict(
-        inputs=inputs, outputs=outputs, input_ids=IDS, labels=labels, info=INFO, preprocessing=PRE
-    )
+    kwargs: dict = {
+        "inputs": inputs,
+        "outputs": outputs,
+        "input_ids": IDS,
+        "labels": labels,
+        "info": INFO,
+        "preprocessing": PRE,
+    }
     kwargs.update(changes)
     return save_reference(directory, **kwargs)
 
@@ -71,9 +76,7 @@ def test_reference_succeeds_with_round_trip_in_separate_process(tmp_path: Path) 
     )
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["ids"] == IDS
@@ -95,13 +98,13 @@ def test_load_reference_succeeds_with_saved_inputs(tmp_path: Path) -> None:
 
 
 def test_load_reference_fails_with_tampered_npz(tmp_path: Path) -> None:
-    inputs, outputs, labels = _arrays()
+    _, outputs, labels = _arrays()
     ref_dir = _save(tmp_path)
     # A valid npz with one value changed: only the recorded hash can tell.
     outputs["StatefulPartitionedCall:0"][0, 0] += 1.0
     np.savez_compressed(ref_dir / REFERENCE_NPZ, output_0=outputs["StatefulPartitionedCall:0"],
                         output_1=outputs["embedding"], labels=labels.astype(np.int64))  # fmt: skip
-    with pytest.raises(BundleError, match="changed or corrupted.*save the reference again"):
+    with pytest.raises(BundleError, match=r"changed or corrupted.*save the reference again"):
         load_reference(ref_dir)
 
 
@@ -145,7 +148,7 @@ def test_check_inputs_fails_with_other_dtype_or_count(tmp_path: Path) -> None:
         ref.check_inputs(inputs.astype(np.float16), "fp16 inputs")
     with pytest.raises(ParityError, match="3 inputs given, the reference has 4"):
         ref.check_inputs(inputs[:3], "fewer inputs")
-    with pytest.raises(ParityError, match="input 1 is 'banana/1.jpg'"):
+    with pytest.raises(ParityError, match=r"input 1 is 'banana/1\.jpg'"):
         ref.check_inputs(inputs, "other ids", input_ids=[IDS[0], "banana/1.jpg", *IDS[2:]])
 
 
@@ -162,7 +165,7 @@ def test_save_reference_fails_with_output_of_other_batch(tmp_path: Path) -> None
 
 
 def test_save_reference_fails_with_duplicate_ids(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="'apple/1.jpg' appears more than once"):
+    with pytest.raises(InputError, match=r"'apple/1\.jpg' appears more than once"):
         _save(tmp_path, input_ids=[IDS[0], IDS[0], IDS[2], IDS[3]])
 
 
