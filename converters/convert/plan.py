@@ -9,25 +9,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from converters.quantize.formats import NEEDS_CALIBRATION, PRECISIONS_FOR_FORMAT
 from sdk.enums import ModelFormat, Precision, Runtime
 from sdk.errors import ConfigError
 from sdk.profiles import HardwareProfile
 
-# The format a profile's runtime reads, and the precisions shelfedge can produce for it.
+# The format a profile's runtime reads; the precisions shelfedge can produce for it come from the
+# quantize steps' declarations (converters.quantize.formats).
 FORMAT_FOR_RUNTIME: dict[Runtime, ModelFormat] = {
     Runtime.LITERT: ModelFormat.TFLITE,
     Runtime.OPENVINO: ModelFormat.OPENVINO,
     Runtime.ONNXRUNTIME: ModelFormat.ONNX,
 }
-PRECISIONS_FOR_FORMAT: dict[ModelFormat, frozenset[Precision]] = {
-    ModelFormat.TFLITE: frozenset(
-        {Precision.FP32, Precision.FP16, Precision.DYNAMIC_INT8, Precision.INT8, Precision.INT16X8}
-    ),
-    ModelFormat.OPENVINO: frozenset({Precision.FP32, Precision.FP16, Precision.INT8}),
-    ModelFormat.ONNX: frozenset({Precision.FP32, Precision.INT8}),
-}
-# Precisions whose quantizer needs representative data.
-NEEDS_CALIBRATION = frozenset({Precision.INT8, Precision.INT16X8})
 DEFAULT_MAX_DROP_PT = 1.0
 
 

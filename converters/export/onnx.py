@@ -75,7 +75,7 @@ def run(source: SourceModel, config: ONNXExportConfig, out_dir: Path) -> Path:
             tensors_to_rename=renames,
             opset=config.opset,
         )
-    except Exception as e:  # noqa: BLE001 - tf2onnx raises ValueError, KeyError, RuntimeError, ...
+    except Exception as e:  # tf2onnx raises ValueError, KeyError, RuntimeError, ...
         raise conversion_error(STEP.name, source, e, fix=fix) from e
     left = [n for n in model.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
     try:

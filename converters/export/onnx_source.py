@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from converters.quantize import common as qc
 from converters.export.source import SourceModel
-from converters.export.steps import METADATA_PREFIX
+from converters.export.steps import METADATA_PREFIX, library_error, no_telemetry
 from sdk.bundle import sha256_file
 from sdk.enums import ModelFormat
 from sdk.errors import ConversionError
@@ -70,7 +69,7 @@ def onnx_to_openvino(onnx_path: str | Path, out_dir: str | Path) -> Path:
         for p in model.metadata_props
         if p.key.startswith(f"{METADATA_PREFIX}.")
     }
-    with qc.no_telemetry():
+    with no_telemetry():
         import openvino as ov
 
         try:
@@ -81,8 +80,8 @@ def onnx_to_openvino(onnx_path: str | Path, out_dir: str | Path) -> Path:
             target = out_dir / MODEL_FILE
             # compress_to_fp16 off: halving the weights is a precision change the manifest would not record.
             ov.save_model(converted, str(target), compress_to_fp16=False)
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises OpConversionFailure, RuntimeError, ...
-            raise qc.library_error(
+        except Exception as e:  # OpenVINO raises OpConversionFailure, RuntimeError, ...
+            raise library_error(
                 STEP_NAME, path, "openvino.convert_model", e, "replace the ops OpenVINO's ONNX frontend lacks"
             ) from e
     return target
@@ -114,7 +113,7 @@ def _check(path: Path) -> Any:
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 - protobuf DecodeError, ValidationError, OSError...
+    except Exception as e:  # protobuf DecodeError, ValidationError, OSError...
         raise ConversionError(f"source {path}: not a valid ONNX model ({type(e).__name__}: {e}); {_FIX}") from e
     return model
 

@@ -50,13 +50,12 @@ def run(source: SourceModel, config: OpenVINOExportConfig, out_dir: Path) -> Pat
             for key, value in config.metadata.as_properties().items():
                 model.set_rt_info(value, [METADATA_PREFIX, key])
         ov.save_model(model, str(path), compress_to_fp16=False)
-    except Exception as e:  # noqa: BLE001 - OpenVINO raises OpConversionFailure, RuntimeError, ...
+    except Exception as e:  # OpenVINO raises OpConversionFailure, RuntimeError, ...
         raise conversion_error(
             STEP.name,
             source,
             e,
-            fix="replace the layer with ops OpenVINO's TensorFlow frontend supports, "
-            "or drop 'openvino' from formats",
+            fix="replace the layer with ops OpenVINO's TensorFlow frontend supports, or drop 'openvino' from formats",
         ) from e
     return path
 

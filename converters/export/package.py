@@ -10,15 +10,16 @@ import dataclasses
 import datetime
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from converters.export.source import SourceModel
+from converters.export.steps import ModelMetadata
 from sdk.bundle import Bundle, write_bundle
-from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, OutputKind, Precision, Task
+from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, ModelFormat, Precision, Task
 from sdk.errors import ConfigError, ConversionError, InferenceError
-from sdk.manifest import MANIFEST_NAME, KeptInFloat, Manifest, Preprocessing, Provenance, Step
+from sdk.manifest import MANIFEST_NAME, KeptInFloat, Manifest, Provenance, Step
 from sdk.runtime import describe_model
 from sdk.tensors import TensorSpec
 from sdk.versions import tool_versions
@@ -56,21 +57,62 @@ def check_bundle_target(out_dir: Path, overwrite: bool) -> None:
         raise ConfigError(f"{out_dir}: exists, is not empty and is not a bundle; choose another directory")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PackageSpec:
+    """What a bundle holds: its name, the model file's format and precision, how the model is used.
+
+    Immutable: safe to share across threads.
+
+    Attributes:
+        name: the bundle's name.
+        format, precision: what the model file is.
+        metadata: task, output kind, preprocessing and labels (one per output class, in output
+            order; they go to ``labels.txt``).
+    """
+
+    name: str
+    format: ModelFormat
+    precision: Precision
+    metadata: ModelMetadata
+
+    @classmethod
+    def derived(cls, bundle: Bundle, precision: Precision) -> PackageSpec:
+        """The spec of a bundle made from ``bundle``'s model at another precision."""
+        m = bundle.manifest
+        metadata = ModelMetadata(
+            task=m.task, output_kind=m.output_kind, preprocessing=m.preprocessing, labels=tuple(bundle.labels)
+        )
+        return cls(name=m.name, format=m.format, precision=precision, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Lineage:
+    """Where a bundle's model came from. Immutable: safe to share across threads.
+
+    Attributes:
+        source: the source model, the root of the lineage.
+        steps: every step that led to the model file, in order.
+        parent: the bundle this one was derived from (a quantized bundle's fp32 bundle).
+        kept_in_float: layers accuracy control left in higher precision, and why.
+    """
+
+    source: SourceModel
+    steps: tuple[Step, ...]
+    parent: str | None = None
+    kept_in_float: tuple[KeptInFloat, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Callers pass lists; tuples keep the record immutable.
+        object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "kept_in_float", tuple(self.kept_in_float))
+
+
 def package(
     model_file: Path,
     *,
     out_dir: Path,
-    format: ModelFormat,
-    precision: Precision,
-    task: Task,
-    output_kind: OutputKind,
-    preprocessing: Preprocessing | None,
-    labels: Sequence[str],
-    source: SourceModel,
-    steps: Sequence[Step],
-    name: str,
-    parent: str | None = None,
-    kept_in_float: Sequence[KeptInFloat] = (),
+    spec: PackageSpec,
+    lineage: Lineage,
     metrics: Mapping[str, Mapping[str, Any]] | None = None,
     move: bool = False,
     overwrite: bool = True,
@@ -83,14 +125,8 @@ def package(
     Args:
         model_file: the converted model (OpenVINO: the .xml, with the .bin beside it).
         out_dir: the bundle directory to create.
-        format, precision: what the model file is.
-        task, output_kind, preprocessing, labels: how the model is used; labels (one per
-            output class, in output order) go to ``labels.txt``.
-        source: the source model, the root of the lineage.
-        steps: every step that led to ``model_file``, in order.
-        name: the bundle's name.
-        parent: the bundle this one was derived from (a quantized bundle's fp32 bundle).
-        kept_in_float: layers accuracy control left in higher precision, and why.
+        spec: name, format, precision and how the model is used.
+        lineage: source, steps, parent bundle and layers kept in float.
         metrics: measured results to record, keyed by hardware profile id (or "host").
         move: move the model file(s) instead of copying (for files in a step's work dir).
         overwrite: replace an existing bundle at ``out_dir`` (never a directory that is not one).
@@ -106,44 +142,20 @@ def package(
     """
     model_file, out_dir = Path(model_file), Path(out_dir)
     check_bundle_target(out_dir, overwrite)
-    files = [model_file, *(model_file.with_suffix(s) for s in COMPANIONS.get(format, ()))]
+    files = [model_file, *(model_file.with_suffix(s) for s in COMPANIONS.get(spec.format, ()))]
     for file in files:
         if not file.is_file():
-            raise ConversionError(f"package: {file} does not exist; run the {format.value} export step first")
+            raise ConversionError(f"package: {file} does not exist; run the {spec.format.value} export step first")
     staging = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         for file in files:
             (shutil.move if move else shutil.copy2)(file, staging / file.name)
+        labels = spec.metadata.labels
         if labels:
             (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-        inputs, outputs = _describe(format, staging / model_file.name, task)
-        manifest = Manifest(
-            name=name,
-            task=task,
-            format=format,
-            precision=precision,
-            model_file=model_file.name,
-            inputs=inputs,
-            outputs=outputs,
-            output_kind=output_kind,
-            preprocessing=preprocessing,
-            labels_file=LABELS_FILE if labels else None,
-            provenance=Provenance(
-                source=source.description,
-                source_sha256=source.sha256,
-                created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                steps=tuple(steps),
-                tool_versions=tool_versions(),
-                parent=parent,
-            ),
-            # write_bundle hashes every file named here; the values are placeholders.
-            files={p.name: "" for p in sorted(staging.iterdir())},
-            kept_in_float=tuple(kept_in_float),
-            metrics=dict(metrics or {}),
-        )
-        write_bundle(staging, manifest)
+        write_bundle(staging, _manifest(staging, model_file.name, spec, lineage, metrics))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -153,7 +165,44 @@ def package(
     return Bundle.open(out_dir)
 
 
-def _describe(format: ModelFormat, model_file: Path, task: Task) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def _manifest(
+    staging: Path,
+    model_name: str,
+    spec: PackageSpec,
+    lineage: Lineage,
+    metrics: Mapping[str, Mapping[str, Any]] | None,
+) -> Manifest:
+    meta = spec.metadata
+    inputs, outputs = _describe(spec.format, staging / model_name, meta.task)
+    return Manifest(
+        name=spec.name,
+        task=meta.task,
+        format=spec.format,
+        precision=spec.precision,
+        model_file=model_name,
+        inputs=inputs,
+        outputs=outputs,
+        output_kind=meta.output_kind,
+        preprocessing=meta.preprocessing,
+        labels_file=LABELS_FILE if meta.labels else None,
+        provenance=Provenance(
+            source=lineage.source.description,
+            source_sha256=lineage.source.sha256,
+            created_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            steps=lineage.steps,
+            tool_versions=tool_versions(),
+            parent=lineage.parent,
+        ),
+        # write_bundle hashes every file named here; the values are placeholders.
+        files={p.name: "" for p in sorted(staging.iterdir())},
+        kept_in_float=lineage.kept_in_float,
+        metrics=dict(metrics or {}),
+    )
+
+
+def _describe(
+    format: ModelFormat, model_file: Path, task: Task
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     runtime = RUNTIMES_FOR_FORMAT[format][0]
     try:
         inputs, outputs = describe_model(runtime, model_file)

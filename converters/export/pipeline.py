@@ -19,8 +19,8 @@ from converters.export import keras as export_keras
 from converters.export import onnx as export_onnx
 from converters.export import openvino as export_openvino
 from converters.export import tflite as export_tflite
-from converters.export.package import IMAGE_TASKS, bundle_dir_name, check_bundle_target, package
-from converters.export.source import OpenedSource, load_source, open_source
+from converters.export.package import IMAGE_TASKS, Lineage, PackageSpec, bundle_dir_name, check_bundle_target, package
+from converters.export.source import OpenedSource, SourceModel, load_source, open_source
 from converters.export.steps import ExportStep, ModelMetadata, run_step
 from sdk.bundle import Bundle
 from sdk.enums import ModelFormat, OutputKind, Task
@@ -85,18 +85,17 @@ def export(
     say = progress or (lambda line: None)
     steps = [EXPORT_STEPS[f] for f in _parse_formats(formats)]
     _check_arguments(name, labels, preprocessing, task, output_kind)
-    metadata = ModelMetadata(
-        task=task, output_kind=output_kind, preprocessing=preprocessing, labels=tuple(labels)
-    )
+    metadata = ModelMetadata(task=task, output_kind=output_kind, preprocessing=preprocessing, labels=tuple(labels))
     step_configs = {s.format: _config(s, (configs or {}).get(s.format), metadata) for s in steps}
     for step in steps:
         step.check_config(step_configs[step.format])
     out_dir = Path(out_dir)
-    targets = {
-        s.format: out_dir / bundle_dir_name(name, s.format, step_configs[s.format].precision) for s in steps
+    specs = {
+        s.format: PackageSpec(name=name, format=s.format, precision=step_configs[s.format].precision, metadata=metadata)
+        for s in steps
     }
-    for target in targets.values():
-        check_bundle_target(target, overwrite)
+    for spec in specs.values():
+        check_bundle_target(out_dir / bundle_dir_name(name, spec.format, spec.precision), overwrite)
 
     say("reading source…")
     opened = open_source(model)
@@ -110,34 +109,37 @@ def export(
     # The work dir lives under out_dir (steps write only there) and goes away at the end.
     with tempfile.TemporaryDirectory(prefix=f".{name}-work-", dir=out_dir) as work:
         say("preparing source…")
-        source = load_source(
-            opened, Path(work) / "source", saved_model=any(s.needs_saved_model for s in steps)
-        )
+        source = load_source(opened, Path(work) / "source", saved_model=any(s.needs_saved_model for s in steps))
         for step in steps:
             say(f"exporting {step.format.value}…")
-            config = step_configs[step.format]
-            model_file, record = run_step(step, source, config, Path(work) / step.format.value)
-            bundle = package(
-                model_file,
-                out_dir=targets[step.format],
-                format=step.format,
-                precision=config.precision,
-                task=task,
-                output_kind=output_kind,
-                preprocessing=preprocessing,
-                labels=labels,
-                source=source,
-                steps=[*source.lineage(step.needs_saved_model), record],
-                name=name,
-                move=True,
-                overwrite=overwrite,
-            )
-            bundles[step.format] = bundle
-            say(
-                f"{step.format.value}: {bundle.path} ({bundle.size_bytes() / 1024:.0f} KiB, "
-                f"{record.seconds:.1f} s)"
+            bundles[step.format] = _export_one(
+                step, source, step_configs[step.format], specs[step.format], out_dir, Path(work), overwrite, say
             )
     return bundles
+
+
+def _export_one(
+    step: ExportStep,
+    source: SourceModel,
+    config: Any,
+    spec: PackageSpec,
+    out_dir: Path,
+    work: Path,
+    overwrite: bool,
+    say: Callable[[str], None],
+) -> Bundle:
+    """Run one format step and package its model as ``out_dir/<name>-<format>-<precision>``."""
+    model_file, record = run_step(step, source, config, work / step.format.value)
+    bundle = package(
+        model_file,
+        out_dir=out_dir / bundle_dir_name(spec.name, spec.format, spec.precision),
+        spec=spec,
+        lineage=Lineage(source=source, steps=(*source.lineage(step.needs_saved_model), record)),
+        move=True,
+        overwrite=overwrite,
+    )
+    say(f"{step.format.value}: {bundle.path} ({bundle.size_bytes() / 1024:.0f} KiB, {record.seconds:.1f} s)")
+    return bundle
 
 
 def _parse_formats(formats: Iterable[str | ModelFormat]) -> list[ModelFormat]:
@@ -205,7 +207,7 @@ def _check_against_model(
                 f"{shapes}; export a model with an RGB keras.Input((H, W, 3))"
             )
         model_size = image.shape[1:3]
-        if any(want not in (-1, got) for want, got in zip(model_size, preprocessing.size)):
+        if any(want not in (-1, got) for want, got in zip(model_size, preprocessing.size, strict=False)):
             raise ConfigError(
                 f"{where}: preprocessing.size is {tuple(preprocessing.size)} but input {image.name!r} "
                 f"takes {model_size[0]}x{model_size[1]} images; set Preprocessing(size={tuple(model_size)}, ...)"

@@ -192,7 +192,7 @@ def _open_keras_file(path: Path) -> OpenedSource:
 
     try:
         model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file
+    except Exception as e:  # Keras raises many types for a bad file
         raise ConversionError(
             f"source {path}: Keras cannot load it ({type(e).__name__}: {e}); if it uses custom layers, "
             "register them with @keras.saving.register_keras_serializable and import them first, "
@@ -215,7 +215,7 @@ def _open_saved_model(path: Path) -> OpenedSource:
 
     try:
         loaded = tf.saved_model.load(str(path))
-    except Exception as e:  # noqa: BLE001 - TF raises many types for a bad SavedModel
+    except Exception as e:  # TF raises many types for a bad SavedModel
         raise ConversionError(f"source {path}: TensorFlow cannot load the SavedModel: {e}") from e
     signatures = dict(loaded.signatures)
     if SIGNATURE not in signatures:
@@ -249,7 +249,7 @@ def _keras_specs(model: keras.Model, where: str) -> tuple[tuple[TensorSpec, ...]
     try:
         return (
             tuple(_spec(t.name, t.shape, t.dtype) for t in inputs),
-            tuple(_spec(n, t.shape, t.dtype) for n, t in zip(output_names, outputs)),
+            tuple(_spec(n, t.shape, t.dtype) for n, t in zip(output_names, outputs, strict=False)),
         )
     except (TypeError, ValueError) as e:
         raise ConversionError(f"source {where}: unsupported model input or output: {e}") from e
@@ -258,8 +258,7 @@ def _keras_specs(model: keras.Model, where: str) -> tuple[tuple[TensorSpec, ...]
 def _tf_specs(specs: Mapping[str, Any] | Any, where: str, what: str) -> tuple[TensorSpec, ...]:
     if not isinstance(specs, Mapping) or not specs:
         raise ConversionError(
-            f"source {where}: the {SIGNATURE!r} signature has no named {what}s; "
-            "re-export it with model.export(dir)"
+            f"source {where}: the {SIGNATURE!r} signature has no named {what}s; re-export it with model.export(dir)"
         )
     try:
         return tuple(_spec(name, spec.shape.as_list(), spec.dtype.name) for name, spec in specs.items())
@@ -286,7 +285,7 @@ def _timed(name: str, action: Callable[[], None], config: dict[str, Any]) -> Ste
 def _save_keras(opened: OpenedSource, path: Path) -> None:
     try:
         opened.keras_model.save(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ConversionError(
             f"save_keras: {opened.description}: Keras cannot save it ({type(e).__name__}: {e}); "
             "give custom layers a get_config() and register them with "
@@ -300,8 +299,7 @@ def _export_saved_model(opened: OpenedSource, directory: Path) -> None:
 
     model = opened.keras_model
     signature = [
-        tf.TensorSpec([None if d < 0 else d for d in s.shape], tf.as_dtype(s.dtype), name=s.name)
-        for s in opened.inputs
+        tf.TensorSpec([None if d < 0 else d for d in s.shape], tf.as_dtype(s.dtype), name=s.name) for s in opened.inputs
     ]
     names = [s.name for s in opened.outputs]
 
@@ -313,14 +311,14 @@ def _export_saved_model(opened: OpenedSource, directory: Path) -> None:
             return dict(result)
         if not isinstance(result, (list, tuple)):
             result = [result]
-        return dict(zip(names, result))
+        return dict(zip(names, result, strict=False))
 
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(name="serve", fn=serve, input_signature=signature)
         archive.write_out(str(directory), verbose=False)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ConversionError(
             f"export_savedmodel: {opened.description}: cannot trace the model into a SavedModel "
             f"({type(e).__name__}: {e}); every layer's call() must be traceable by tf.function"

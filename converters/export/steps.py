@@ -93,9 +93,7 @@ class ExportStep:
             ConfigError: wrong config type, or a precision the step does not produce.
         """
         if not isinstance(config, self.config_type):
-            raise ConfigError(
-                f"{self.name}: config is a {type(config).__name__}, expected {self.config_type.__name__}"
-            )
+            raise ConfigError(f"{self.name}: config is a {type(config).__name__}, expected {self.config_type.__name__}")
         precision = getattr(config, "precision", Precision.FP32)
         if precision not in self.precisions:
             accepted = ", ".join(sorted(p.value for p in self.precisions))
@@ -259,7 +257,7 @@ def _nodes_with_ops(source: SourceModel, ops: Sequence[str]) -> list[str]:
 
         saved = saved_model_pb2.SavedModel()
         saved.ParseFromString((source.saved_model_dir / "saved_model.pb").read_bytes())
-    except Exception:  # noqa: BLE001 - this only enriches a message; the real error is raised anyway
+    except Exception:  # this only enriches a message; the real error is raised anyway
         return []
     nodes: list[str] = []
     for meta_graph in saved.meta_graphs:
@@ -292,3 +290,17 @@ def no_telemetry() -> Iterator[None]:
             os.environ.pop("CI", None)
         else:
             os.environ["CI"] = previous
+
+
+def library_error(step: str, subject: Path | str, action: str, error: BaseException, fix: str) -> ConversionError:
+    """A ConversionError naming the step, the model, what failed and the library's cause.
+
+    The caller raises it ``from error`` so the library's exception stays attached.
+    """
+    return ConversionError(f"{step}: {subject}: {action} failed ({type(error).__name__}: {short_cause(error)}); {fix}")
+
+
+def short_cause(error: BaseException, limit: int = 300) -> str:
+    """A library exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -38,12 +38,10 @@ def run(source: SourceModel, config: TFLiteExportConfig, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            str(source.saved_model_dir), signature_keys=[SIGNATURE]
-        )
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir), signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
-    except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, ValueError, ...
+    except Exception as e:  # the converter raises ConverterError, ValueError, ...
         raise conversion_error(
             STEP.name,
             source,

@@ -52,11 +52,13 @@ class CalibrationSet:
             ConfigError: empty set, or sample shape (size/channels/layout) differs from ``spec``.
         """
         if len(self) == 0:
-            raise ConfigError(f"{where}: the calibration set is empty; give a dataset with images "
-                              "for the model's classes or raise --calibration-size")
+            raise ConfigError(
+                f"{where}: the calibration set is empty; give a dataset with images "
+                "for the model's classes or raise --calibration-size"
+            )
         want = tuple(spec.shape[1:])
         got = tuple(self.tensors.shape[1:])
-        if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got)):
+        if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got, strict=False)):
             raise ConfigError(
                 f"{where}: calibration tensors have shape {got} per sample but the model input "
                 f"{spec.name!r} takes {want}; build the set with the model's preprocessing "

@@ -1,11 +1,8 @@
-"""What every quantize step shares: sensitivity records, accuracy-control attempts and results.
+"""What every quantize step shares: checks, sensitivity records, attempts, results, step records.
 
 A quantize step (OpenVINO/NNCF, ONNX Runtime, LiteRT) turns an fp32 model file into a lower
-precision one. With an accuracy budget it runs the same search in every format
-(``search_budget``): plain post-training quantization; then the library's own accuracy control
-where it has one; then the most sensitive layers kept in float, 1, 2, 4, 8 at a time, until the
-drop fits. Every try is an ``Attempt``; what was kept and why becomes the manifest's
-``kept_in_float``.
+precision one. With an accuracy budget it runs the search in ``converters.quantize.budget``;
+every try is an ``Attempt``, what was kept and why becomes the manifest's ``kept_in_float``.
 """
 
 from __future__ import annotations
@@ -20,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from converters.export.steps import config_record
 from converters.quantize.calibration import CalibrationSet
-from converters.export.steps import config_record, no_telemetry  # noqa: F401 - re-exported
 from sdk.enums import Precision
-from sdk.errors import ConfigError, ConversionError
+from sdk.errors import ConfigError
 from sdk.manifest import KeptInFloat, Step
 from sdk.tensors import TensorSpec
 from sdk.versions import tool_versions
@@ -151,7 +148,9 @@ def check_budget(fp32_accuracy: float, max_drop: float, max_ignored: int, where:
     """
     check_accuracy(fp32_accuracy, f"{where}: fp32_accuracy")
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0.0 <= max_drop <= 100.0:
-        raise ConfigError(f"{where}: max_drop is in accuracy points (1.0 = 1 pt) and must be in [0, 100], got {max_drop!r}")
+        raise ConfigError(
+            f"{where}: max_drop is in accuracy points (1.0 = 1 pt) and must be in [0, 100], got {max_drop!r}"
+        )
     if isinstance(max_ignored, bool) or not isinstance(max_ignored, int) or max_ignored < 0:
         raise ConfigError(f"{where}: max_ignored must be a non-negative integer, got {max_ignored!r}")
 
@@ -193,19 +192,6 @@ def layer_sensitivity(
 def ranked(layers: Sequence[LayerSensitivity]) -> list[LayerSensitivity]:
     """Most sensitive first; ties keep graph order."""
     return sorted(layers, key=lambda s: -s.score)
-
-
-def ladder(max_ignored: int, available: int) -> tuple[int, ...]:
-    """How many layers each fallback attempt keeps in float: 1, 2, 4, 8... capped at both limits."""
-    limit = min(max_ignored, available)
-    counts: list[int] = []
-    k = 1
-    while k < limit:
-        counts.append(k)
-        k *= 2
-    if limit > 0:
-        counts.append(limit)
-    return tuple(counts)
 
 
 def check_accuracy(value: object, what: str) -> float:
@@ -260,129 +246,6 @@ def step_record(
     return Step(name=name, config=record, tool_versions=tool_versions(tools), seconds=round(seconds, 3))
 
 
-def search_budget(
-    *,
-    quantize: Callable[[tuple[str, ...], Path], Candidate],
-    evaluate: Callable[[Path], float],
-    rank: Callable[[Path], Sequence[LayerSensitivity]],
-    fp32_accuracy: float,
-    max_drop: float,
-    max_ignored: int,
-    work_dir: Path,
-    accuracy_control: Callable[[Path, Path], Candidate] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> tuple[Candidate, tuple[KeptInFloat, ...], tuple[Attempt, ...], bool]:
-    """Find the least-float quantization within ``max_drop`` of ``fp32_accuracy``.
-
-    Order: plain PTQ; ``accuracy_control`` (the library's own, given the plain model) when
-    given; then the layers ``rank`` finds most sensitive in the plain model kept in float,
-    1, 2, 4, 8... (``ladder``). A budget of 0 forces the search past plain PTQ: a drop measured
-    as 0 on finite validation data does not prove that nothing was lost, so only a result that
-    keeps layers in float can meet it.
-
-    Args:
-        quantize: ``(extra layers to keep in float, dir) -> Candidate`` written under dir.
-        evaluate: accuracy (fraction) of a model file, on the data ``fp32_accuracy`` came from.
-        rank: sensitivities of the plain PTQ model, most sensitive first.
-        accuracy_control: ``(plain model, dir) -> Candidate``; failures are recorded, not raised.
-        work_dir: every candidate is written below it, one directory each.
-
-    Returns:
-        The chosen candidate, its KeptInFloat records, all attempts, and whether it met the budget.
-
-    Raises:
-        ConversionError: plain quantization or ranking failed (from ``quantize`` / ``rank``).
-    """
-    say = log or (lambda line: None)
-    forced = max_drop <= 0.0
-    attempts: list[Attempt] = []
-    measured: list[tuple[Candidate, Attempt, dict[str, str]]] = []
-
-    def measure(candidate: Candidate, plain: bool = False) -> Attempt:
-        accuracy = check_accuracy(evaluate(candidate.model_path), "eval_fn's result")
-        # Points, rounded so 0.90 - 0.89 is a 1.0 pt drop, not 1.0000000000000009.
-        drop = round(100.0 * (fp32_accuracy - accuracy), 6)
-        attempt = Attempt(
-            description=candidate.description,
-            kept=candidate.kept,
-            accuracy=accuracy,
-            drop=drop,
-            met_budget=drop <= max_drop and not (forced and (plain or not candidate.kept)),
-        )
-        attempts.append(attempt)
-        say(f"{candidate.description}: accuracy {100 * accuracy:.2f}%, drop {drop:.2f} pt (budget {max_drop:g} pt)")
-        return attempt
-
-    plain = quantize((), work_dir / "ptq")
-    first = measure(plain, plain=True)
-    measured.append((plain, first, {}))
-    if first.met_budget:
-        return _finish(measured[-1], True, attempts)
-    assert first.drop is not None
-    miss = f"plain int8 PTQ dropped {first.drop:.2f} pt (budget {max_drop:g} pt" + (
-        ", and a budget of 0 forces accuracy control)" if forced else ")"
-    )
-
-    if accuracy_control is not None:
-        try:
-            candidate = accuracy_control(plain.model_path, work_dir / "accuracy_control")
-        except Exception as e:  # noqa: BLE001 - any library failure means: use the fallback below
-            attempts.append(
-                Attempt(
-                    description=f"library accuracy control failed ({type(e).__name__}: {_short(e)})",
-                    kept=(),
-                    accuracy=None,
-                    drop=None,
-                    met_budget=False,
-                )
-            )
-            say(attempts[-1].description)
-        else:
-            attempt = measure(candidate)
-            reasons = {
-                name: f"{miss}; {candidate.reasons.get(name, candidate.description)}; "
-                f"the result dropped {attempt.drop:.2f} pt"
-                for name in candidate.kept
-            }
-            measured.append((candidate, attempt, reasons))
-            if attempt.met_budget:
-                return _finish(measured[-1], True, attempts)
-
-    layers = list(rank(plain.model_path))
-    for count in ladder(max_ignored, len(layers)):
-        chosen = layers[:count]
-        candidate = quantize(tuple(s.name for s in chosen), work_dir / f"keep{count}")
-        candidate = dataclasses.replace(
-            candidate, description=f"int8 PTQ keeping the {count} most sensitive layer(s) in float"
-        )
-        attempt = measure(candidate)
-        reasons = {
-            s.name: f"{miss}; sensitivity rank {i + 1} of {len(layers)} ({s.describe()}); "
-            f"keeping the top {count} in float dropped {attempt.drop:.2f} pt"
-            for i, s in enumerate(chosen)
-        }
-        measured.append((candidate, attempt, reasons))
-        if attempt.met_budget:
-            return _finish(measured[-1], True, attempts)
-
-    # Nothing met the budget: the most accurate try, the fewest float layers on a tie.
-    best = max(measured, key=lambda m: (m[1].accuracy, -len(m[1].kept)))
-    return _finish(best, False, attempts)
-
-
-def _finish(
-    chosen: tuple[Candidate, Attempt, dict[str, str]],
-    met: bool,
-    attempts: Sequence[Attempt],
-) -> tuple[Candidate, tuple[KeptInFloat, ...], tuple[Attempt, ...], bool]:
-    candidate, _, reasons = chosen
-    kept = tuple(
-        KeptInFloat(layer=name, precision=Precision.FP32, reason=reasons.get(name, candidate.reasons.get(name, "")))
-        for name in candidate.kept
-    )
-    return candidate, kept, tuple(attempts), met
-
-
 def keep_only(candidate_dir: Path, out_dir: Path) -> None:
     """Move a chosen candidate's files into ``out_dir`` (replacing same-named files)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -398,16 +261,3 @@ def scratch_dir(out_dir: Path, prefix: str) -> tempfile.TemporaryDirectory[str]:
     """A scratch directory under ``out_dir`` (steps write nowhere else), removed on exit."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryDirectory(prefix=f".{prefix}-", dir=out_dir)
-
-
-def library_error(step: str, subject: Path | str, action: str, error: BaseException, fix: str) -> ConversionError:
-    """A ConversionError naming the step, the model, what failed and the library's cause.
-
-    The caller raises it ``from error`` so the library's exception stays attached.
-    """
-    return ConversionError(f"{step}: {subject}: {action} failed ({type(error).__name__}: {_short(error)}); {fix}")
-
-
-def _short(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

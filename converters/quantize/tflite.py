@@ -4,11 +4,11 @@
 quantization through TF's QuantizationDebugger, see ``converters.quantize.tflite_debug``).
 ``sensitive_layers`` ranks the int8 ops by their quantization error; ``quantize_with_budget``
 searches for the least-float int8 model within an accuracy budget with the search every format
-shares (``quant_common.search_budget``): plain PTQ, then the 1, 2, 4, 8... most sensitive ops
+shares (``converters.quantize.budget``): plain PTQ, then the 1, 2, 4, 8... most sensitive ops
 kept in float. LiteRT has no accuracy-control API of its own, so that step of the search is skipped.
 
-``ExportStep.run`` takes no calibration set and returns only a path, so this step declares
-itself with a ``QuantizeStep`` of the same shape plus the precisions that need calibration.
+The step declares itself with a ``QuantizeStep`` (``converters.quantize.steps``): the
+precisions it writes, those that need calibration and those the budget search produces.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from converters.quantize import common as qc
-from converters.quantize import tflite_debug as dbg
-from converters.quantize.calibration import CalibrationSet
-from converters.quantize.common import Candidate, EvalFn, QuantResult
-from converters.quantize.tflite_debug import TFLiteLayerSensitivity
 from converters.export.source import SIGNATURE, SourceModel
 from converters.export.steps import conversion_error
+from converters.quantize import common as qc
+from converters.quantize import tflite_debug as dbg
+from converters.quantize.budget import Budget, BudgetSearch, budget_result, search_budget
+from converters.quantize.calibration import CalibrationSet
+from converters.quantize.common import Candidate, EvalFn, QuantResult
+from converters.quantize.steps import QuantizeStep
+from converters.quantize.tflite_config import IO_DTYPES, NEEDS_CALIBRATION, TFLiteQuantConfig
+from converters.quantize.tflite_debug import TFLiteLayerSensitivity
 from sdk.enums import ModelFormat, Precision
 from sdk.errors import ConfigError, ConversionError, ShelfedgeError
 from sdk.manifest import KeptInFloat, Step
@@ -36,141 +39,44 @@ from sdk.manifest import KeptInFloat, Step
 STEP_NAME = "quantize_tflite"
 TOOLS = ("tensorflow-cpu", "tensorflow", "keras")
 MODEL_FILE = "model.tflite"
-# Model I/O dtypes each precision can have.
-IO_DTYPES: dict[Precision, tuple[str, ...]] = {
-    Precision.FP16: ("float32",),
-    Precision.DYNAMIC_INT8: ("float32",),
-    Precision.INT8: ("int8", "uint8", "float32"),
-    Precision.INT16X8: ("float32", "int16"),
-}
-NEEDS_CALIBRATION = frozenset({Precision.INT8, Precision.INT16X8})
+__all__ = [
+    "IO_DTYPES",
+    "MODEL_FILE",
+    "NEEDS_CALIBRATION",
+    "STEP",
+    "STEP_NAME",
+    "TOOLS",
+    "TFLiteQuantConfig",
+    "check",
+    "open_debug_session",
+    "quantize_with_budget",
+    "run",
+    "run_step",
+    "sensitive_layers",
+]
 _FIX = "replace the layer with TensorFlow ops LiteRT supports, or drop this precision from the profile"
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TFLiteQuantConfig:
-    """How to quantize a SavedModel for LiteRT.
-
-    Attributes:
-        precision: ``fp16``, ``dynamic_int8``, ``int8`` or ``int16x8``.
-        io_dtype: the model's input/output dtype: ``int8``/``uint8`` only for int8, ``int16``
-            only for int16x8, else ``float32``.
-        calibration_steps: most calibration samples used (evenly spread over the set).
-        denylisted_nodes: int8 only: ops kept in float, by the names ``sensitive_layers``
-            reports (record name, tensor name) or by Keras layer name.
-        denylisted_ops: int8 only: LiteRT op types kept in float (``CONV_2D``, ``MEAN``).
-        per_channel: per-channel weight scales for conv/dense (per-tensor is coarser, smaller).
-        allow_float_fallback: int16x8 only: ops without an int16 kernel run in float.
+def check(source: SourceModel, config: object, calibration: CalibrationSet | None) -> None:
+    """Every check ``run`` makes before converting.
 
     Raises:
-        ConfigError: on construction, a value this step cannot honour.
+        ConfigError: a config of another type, a source without a SavedModel, or for int8 /
+            int16x8 a missing, empty or mismatched calibration set or a multi-input model.
     """
-
-    precision: Precision
-    io_dtype: str = "float32"
-    calibration_steps: int = 200
-    denylisted_nodes: tuple[str, ...] = ()
-    denylisted_ops: tuple[str, ...] = ()
-    per_channel: bool = True
-    allow_float_fallback: bool = False
-
-    def __post_init__(self) -> None:
-        where = "TFLiteQuantConfig"
-        # A plain "int8" equals Precision.INT8 but is not it: every later `is` test would miss.
-        try:
-            precision = Precision.parse(self.precision, "precision")
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
-        object.__setattr__(self, "precision", precision)
-        # Callers may pass lists; tuples keep the config hashable and its record stable.
-        for name in ("denylisted_nodes", "denylisted_ops"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if precision not in IO_DTYPES:
-            choices = ", ".join(p.value for p in IO_DTYPES)
-            raise ConfigError(
-                f"{where}.precision must be one of {choices} (fp32 comes from export_tflite), got {precision.value!r}"
-            )
-        if self.io_dtype not in IO_DTYPES[precision]:
-            raise ConfigError(
-                f"{where}.io_dtype {self.io_dtype!r} does not go with {precision.value}; use one of "
-                f"{', '.join(IO_DTYPES[precision])}"
-            )
-        steps = self.calibration_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"{where}.calibration_steps must be a positive integer, got {steps!r}")
-        if self.selective and precision is not Precision.INT8:
-            raise ConfigError(
-                f"{where}: denylisted_nodes/ops need precision int8 (LiteRT keeps ops in float only in "
-                f"full-integer int8 models), not {precision.value}"
-            )
-        if self.allow_float_fallback and precision is not Precision.INT16X8:
-            raise ConfigError(f"{where}.allow_float_fallback is for int16x8 only")
-
-    @property
-    def selective(self) -> bool:
-        return bool(self.denylisted_nodes or self.denylisted_ops)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class QuantizeStep:
-    """The declaration of a quantizing step: ``ExportStep``'s fields, plus calibration.
-
-    A planner asks it before any work whether a request can be honoured.
-
-    Attributes:
-        name: the step name recorded in provenance.
-        format: the model format it writes.
-        precisions: precisions it produces.
-        needs_calibration: precisions that need a calibration set.
-        source_kinds: source kinds it converts from (through their SavedModel).
-        tools: distributions whose versions the step record carries.
-        config_type: the frozen dataclass ``run`` takes.
-    """
-
-    name: str
-    format: ModelFormat
-    precisions: frozenset[Precision]
-    needs_calibration: frozenset[Precision]
-    source_kinds: frozenset[ModelFormat]
-    tools: tuple[str, ...]
-    config_type: type
-
-    def check(self, source: SourceModel, config: object, calibration: CalibrationSet | None) -> None:
-        """Every check ``run`` makes before converting.
-
-        Raises:
-            ConfigError: a config of another type, a source without a SavedModel, or for int8 /
-                int16x8 a missing, empty or mismatched calibration set or a multi-input model.
-        """
-        if not isinstance(config, self.config_type):
-            raise ConfigError(f"{self.name}: config is a {type(config).__name__}, expected {self.config_type.__name__}")
-        if source.kind not in self.source_kinds or source.saved_model_dir is None:
-            raise ConfigError(
-                f"{self.name}: {source.description} has no SavedModel; load it with load_source(..., saved_model=True)"
-            )
-        precision: Precision = config.precision  # type: ignore[attr-defined]
-        if precision not in self.needs_calibration:
-            return
-        where = f"{self.name}: {source.description}"
-        if calibration is None:
-            raise ConfigError(
-                f"{where}: {precision.value} needs a calibration set; build one with "
-                "converters.quantize.calibration.build_calibration_set (or from_arrays)"
-            )
+    precision = STEP.check_config(config)
+    if source.kind not in STEP.source_kinds or source.saved_model_dir is None:
+        raise ConfigError(
+            f"{STEP_NAME}: {source.description} has no SavedModel; load it with load_source(..., saved_model=True)"
+        )
+    where = f"{STEP_NAME}: {source.description}"
+    STEP.check_calibration_given(precision, calibration, where)
+    if calibration is None:
+        return
+    if precision in NEEDS_CALIBRATION:
         if len(source.inputs) != 1:
             raise ConfigError(f"{where}: the model has {len(source.inputs)} inputs; calibration sets feed one")
         qc.check_calibration(calibration, source.inputs[0], where)
-
-
-STEP = QuantizeStep(
-    name=STEP_NAME,
-    format=ModelFormat.TFLITE,
-    precisions=frozenset(IO_DTYPES),
-    needs_calibration=NEEDS_CALIBRATION,
-    source_kinds=frozenset({ModelFormat.KERAS, ModelFormat.SAVEDMODEL}),
-    tools=TOOLS,
-    config_type=TFLiteQuantConfig,
-)
 
 
 def run(
@@ -188,16 +94,16 @@ def run(
         ``out_dir/model.tflite`` and the ops kept in float (empty without a denylist).
 
     Raises:
-        ConfigError: refused before any work (see ``QuantizeStep.check``); or, after
+        ConfigError: refused before any work (see ``check``); or, after
             calibration, a denylisted name that matches no quantized op, or a denylist of every op.
         ConversionError: the converter failed, naming the step, the op/layer when known, and
             the cause; or the requested I/O dtype cannot be kept with this denylist.
     """
-    STEP.check(source, config, calibration)
+    check(source, config, calibration)
     out_dir = Path(out_dir)
     kept: list[KeptInFloat] = []
     if config.selective:
-        assert calibration is not None  # STEP.check: int8 needs one
+        assert calibration is not None  # check(): int8 needs one
         # A few debug samples suffice: the session is only asked for its op names here.
         session = open_debug_session(source, config, calibration, samples=4)
         flatbuffer, kept = _denylisted(session, source, config, ())
@@ -209,6 +115,19 @@ def run(
     path = out_dir / MODEL_FILE
     path.write_bytes(flatbuffer)
     return path, kept
+
+
+STEP = QuantizeStep(
+    name=STEP_NAME,
+    format=ModelFormat.TFLITE,
+    precisions=frozenset(IO_DTYPES),
+    needs_calibration=NEEDS_CALIBRATION,
+    budgeted=frozenset({Precision.INT8}),
+    source_kinds=frozenset({ModelFormat.KERAS, ModelFormat.SAVEDMODEL}),
+    tools=TOOLS,
+    config_type=TFLiteQuantConfig,
+    run=run,
+)
 
 
 def run_step(
@@ -239,7 +158,7 @@ def sensitive_layers(
     op's float and int8 outputs are compared on ``samples`` samples spread over the set. The
     score is ``rmse/scale``: the op's own error in units of its output's quantization step
     (~0.29 is plain rounding; much more means the op loses more than rounding), see
-    ``quantize_tflite_debug.RANKING_METRIC`` for what it does and does not catch.
+    ``converters.quantize.tflite_debug.RANKING_METRIC`` for what it does and does not catch.
 
     Returns:
         One record per quantized op (the ``top_k`` most sensitive when given), most sensitive first.
@@ -261,10 +180,10 @@ def open_debug_session(
     """An int8 debug session for ``source``, calibrated once (checked first, like ``run``).
 
     Raises:
-        ConfigError: see ``QuantizeStep.check``; a non-int8 config or ``samples`` < 1.
+        ConfigError: see ``check``; a non-int8 config or ``samples`` < 1.
         ConversionError: calibration failed.
     """
-    STEP.check(source, config, calibration)
+    check(source, config, calibration)
     if config.precision is not Precision.INT8:
         raise ConfigError(f"{STEP_NAME}: only int8 models can be debugged per layer, not {config.precision.value}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -295,12 +214,12 @@ def quantize_with_budget(
 
     Calibrates once; tries plain int8, then the 1, 2, 4... ``max_ignored`` ops ``sensitive_layers``
     ranks first kept in float, each re-quantized from the same calibration and judged by
-    ``eval_fn`` (``quant_common.search_budget``). A budget of 0 always runs the fallback. One op
+    ``eval_fn`` (``converters.quantize.budget``). A budget of 0 always runs the fallback. One op
     always stays int8: every op in float is the fp32 model, not an int8 candidate.
 
     Args:
         eval_fn: model file -> accuracy in [0, 1] on the data ``fp32_accuracy`` came from (e.g.
-            ``quant_common.top1_eval(tensors, labels, predictor)``, or the bundle through ``sdk``).
+            ``converters.quantize.common.top1_eval(tensors, labels, predictor)``, or the bundle through ``sdk``).
         fp32_accuracy: the fp32 model's accuracy, a fraction in [0, 1].
         max_drop: allowed drop in accuracy points (1.0 = one point), as profiles state it.
         out_dir: receives ``model.tflite``; scratch work happens below it.
@@ -322,8 +241,28 @@ def quantize_with_budget(
             f"{where}: quantize_with_budget needs an int8 TFLiteQuantConfig (LiteRT keeps ops in float only "
             f"in int8 models; try int16x8 as a whole-model candidate), got {config!r}"
         )
-    qc.check_budget(fp32_accuracy, max_drop, max_ignored, where)
+    budget = Budget.checked(fp32_accuracy, max_drop, max_ignored, where)
     session = open_debug_session(source, config, calibration, samples=samples)
+    with qc.scratch_dir(out_dir, STEP_NAME) as work:
+        outcome = search_budget(
+            _search(session, source, config, eval_fn, log), budget, work_dir=Path(work), out_dir=out_dir
+        )
+    # The record's config is the one that rebuilds the chosen model: its denylist names every kept op.
+    kept_nodes = tuple(k.layer for k in outcome.kept_in_float if not k.layer.startswith("op:"))
+    final = dataclasses.replace(config, denylisted_nodes=kept_nodes)
+    return budget_result(
+        outcome, budget, step=STEP_NAME, tools=TOOLS, config=final, calibration=calibration, started=started
+    )
+
+
+def _search(
+    session: dbg.DebugSession,
+    source: SourceModel,
+    config: TFLiteQuantConfig,
+    eval_fn: EvalFn,
+    log: Callable[[str], None] | None,
+) -> BudgetSearch:
+    """The LiteRT parts of the budget search: re-quantize from one calibrated debug session."""
 
     def quantize(extra: tuple[str, ...], directory: Path) -> Candidate:
         flatbuffer, kept = _denylisted(session, source, config, extra)
@@ -343,39 +282,10 @@ def quantize_with_budget(
             layers = session.layers()
         already = set(session.resolve(config.denylisted_nodes))
         layers = [r for r in layers if r.tensor not in already and r.op not in config.denylisted_ops]
-        return layers[:-1]  # the least sensitive op stays int8 (see the docstring)
+        return layers[:-1]  # the least sensitive op stays int8 (see quantize_with_budget)
 
-    with qc.scratch_dir(out_dir, STEP_NAME) as work:
-        candidate, kept, attempts, met = qc.search_budget(
-            quantize=quantize,
-            evaluate=eval_fn,
-            rank=rank,
-            fp32_accuracy=fp32_accuracy,
-            max_drop=max_drop,
-            max_ignored=max_ignored,
-            work_dir=Path(work),
-            log=log,
-        )
-        qc.keep_only(candidate.model_path.parent, out_dir)
-    kept_nodes = tuple(k.layer for k in kept if not k.layer.startswith("op:"))
-    final = dataclasses.replace(config, denylisted_nodes=kept_nodes)
-    budget = {
-        "fp32_accuracy": fp32_accuracy,
-        "max_drop": max_drop,
-        "max_ignored": max_ignored,
-        "met_budget": met,
-        "attempts": attempts,
-        "kept_in_float": kept,
-    }
-    step = qc.step_record(STEP_NAME, final, calibration, TOOLS, time.perf_counter() - started, {"budget": budget})
-    return QuantResult(
-        model_path=out_dir / MODEL_FILE,
-        precision=Precision.INT8,
-        kept_in_float=kept,
-        attempts=attempts,
-        met_budget=met,
-        step=step,
-    )
+    # LiteRT has no accuracy-control API of its own: that step of the search is skipped.
+    return BudgetSearch(quantize=quantize, evaluate=eval_fn, rank=rank, log=log)
 
 
 def _denylisted(
@@ -417,9 +327,7 @@ def _denylisted(
     return flatbuffer, kept
 
 
-def _converter(
-    source: SourceModel, config: TFLiteQuantConfig, tensors: np.ndarray | None, *, selective: bool
-) -> Any:
+def _converter(source: SourceModel, config: TFLiteQuantConfig, tensors: np.ndarray | None, *, selective: bool) -> Any:
     """A ``TFLiteConverter`` set up for ``config.precision``.
 
     ``selective`` leaves the int8 I/O types unset: the debugger only calibrates with this
@@ -430,7 +338,7 @@ def _converter(
     c = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir), signature_keys=[SIGNATURE])
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     # A private switch, but the only one: the debugger itself reads it when it re-quantizes.
-    c._experimental_disable_per_channel = not config.per_channel  # noqa: SLF001
+    c._experimental_disable_per_channel = not config.per_channel
     precision = config.precision
     if precision is Precision.FP16:
         c.target_spec.supported_types = [tf.float16]
@@ -458,5 +366,5 @@ def _converting(source: SourceModel) -> Iterator[None]:
         yield
     except ShelfedgeError:
         raise
-    except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, ValueError, RuntimeError...
+    except Exception as e:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise conversion_error(STEP_NAME, source, e, fix=_FIX) from e

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from converters.quantize import common as qc
 from converters.export.steps import layers_for_nodes
+from converters.quantize import common as qc
 
 # The metric the ranking uses: RMSE of (float op output - dequantized int8 op output), in units
 # of the op's output quantization step. Pure rounding noise of a uniform quantizer is

@@ -144,9 +144,7 @@ def test_export_succeeds_with_every_format_reopening_and_round_tripping(exported
         ]
         assert [(t.name, t.shape[-1]) for t in manifest.outputs] == [("logits", 4)]
     # Only the bundles remain: the work dir (saved model, staging) is gone.
-    assert sorted(p.name for p in exported.out_dir.iterdir()) == sorted(
-        f"tiny-{f.value}-fp32" for f in ALL_FORMATS
-    )
+    assert sorted(p.name for p in exported.out_dir.iterdir()) == sorted(f"tiny-{f.value}-fp32" for f in ALL_FORMATS)
 
 
 def test_export_succeeds_with_provenance_steps_versions_and_source_hash(exported: Exported) -> None:
@@ -234,7 +232,9 @@ def test_export_succeeds_with_progress_lines(exported: Exported) -> None:
 
 def test_export_succeeds_with_keras_file_source(exported: Exported, tmp_path: Path) -> None:
     keras_file = exported.bundles[ModelFormat.KERAS].model_path
-    bundles = export(keras_file, out_dir=tmp_path, formats=["tflite"], name="tiny", labels=LABELS, preprocessing=PREPROCESSING)
+    bundles = export(
+        keras_file, out_dir=tmp_path, formats=["tflite"], name="tiny", labels=LABELS, preprocessing=PREPROCESSING
+    )
     provenance = bundles[ModelFormat.TFLITE].manifest.provenance
     assert provenance.source == str(keras_file)
     assert provenance.source_sha256 == sha256_file(keras_file)
@@ -249,7 +249,9 @@ def saved_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_export_succeeds_with_savedmodel_source(saved_model_dir: Path, tmp_path: Path, batch: np.ndarray) -> None:
-    bundles = export(saved_model_dir, out_dir=tmp_path, formats=["tflite"], name="t", labels=LABELS, preprocessing=PREPROCESSING)
+    bundles = export(
+        saved_model_dir, out_dir=tmp_path, formats=["tflite"], name="t", labels=LABELS, preprocessing=PREPROCESSING
+    )
     bundle = bundles[ModelFormat.TFLITE]
     # The SavedModel is converted where it lies: no preparation steps in the lineage.
     assert [s.name for s in bundle.manifest.provenance.steps] == ["export_tflite"]
@@ -296,7 +298,10 @@ def test_load_source_fails_with_non_model_object(tmp_path: Path) -> None:
     [
         ({"labels": LABELS[:3]}, r"3 labels given but output 'logits' has 4 classes"),
         ({"preprocessing": Preprocessing(size=(224, 224))}, r"preprocessing.size is \(224, 224\).*size=\(32, 32\)"),
-        ({"formats": ["tflite", "coreml"]}, r"format 'coreml' is not one of.*choose from tflite, openvino, onnx, keras"),
+        (
+            {"formats": ["tflite", "coreml"]},
+            r"format 'coreml' is not one of.*choose from tflite, openvino, onnx, keras",
+        ),
         ({"formats": ["savedmodel"]}, r"'savedmodel' cannot be exported"),
         ({"name": "my model"}, r"name 'my model' must start"),
         ({"labels": ("apple", "apple", "milk", "tea")}, r"appear more than once"),

@@ -19,11 +19,12 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 keras = pytest.importorskip("keras")
 
+from converters.export.package import Lineage, PackageSpec, package  # noqa: E402
+from converters.export.source import SourceModel  # noqa: E402
+from converters.export.steps import ModelMetadata  # noqa: E402
 from converters.quantize import common as qc  # noqa: E402
 from converters.quantize import onnx as qox  # noqa: E402
 from converters.quantize.calibration import from_arrays  # noqa: E402
-from converters.export.package import package  # noqa: E402
-from converters.export.source import SourceModel  # noqa: E402
 from sdk.bundle import Bundle  # noqa: E402
 from sdk.enums import ModelFormat, OutputKind, Precision, Task  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402
@@ -33,23 +34,9 @@ pytestmark = [pytest.mark.onnxruntime, pytest.mark.tensorflow]
 
 LABELS = ("apple", "banana", "milk", "yoghurt")
 PREPROCESSING = Preprocessing(size=(32, 32), mean=(127.5,) * 3, std=(127.5,) * 3)
-
-
-def _tiny_cnn() -> keras.Model:
-    keras.utils.set_random_seed(3)
-    image = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="conv")(image)
-    batch_norm = keras.layers.BatchNormalization(name="bn")
-    x = keras.layers.ReLU(name="relu")(batch_norm(x))
-    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
-    x = keras.layers.ReLU(name="relu_dw")(x)
-    x = keras.layers.Conv2D(32, 1, name="pw")(x)
-    x = keras.layers.ReLU(name="relu_pw")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    logits = keras.layers.Dense(len(LABELS), name="logits")(x)
-    rng = np.random.default_rng(1)
-    batch_norm.set_weights([rng.uniform(0.5, 1.5, 16), rng.normal(0, 0.1, 16), rng.normal(0, 0.1, 16), rng.uniform(0.5, 2, 16)])
-    return keras.Model(image, logits, name="tiny_cnn")
+METADATA = ModelMetadata(
+    task=Task.IMAGE_CLASSIFICATION, output_kind=OutputKind.LOGITS, preprocessing=PREPROCESSING, labels=LABELS
+)
 
 
 def _smooth_images(n: int, seed: int) -> np.ndarray:
@@ -69,11 +56,18 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+def setup(tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     from converters.export.pipeline import export
 
     out = tmp_path_factory.mktemp("onnx-export")
-    bundles = export(_tiny_cnn(), out_dir=out, formats=("onnx",), name="tiny", labels=LABELS, preprocessing=PREPROCESSING)
+    bundles = export(
+        tiny_cnn(width=16, pointwise=32, seed=3),
+        out_dir=out,
+        formats=("onnx",),
+        name="tiny",
+        labels=LABELS,
+        preprocessing=PREPROCESSING,
+    )
     bundle = bundles[ModelFormat.ONNX]
     val = _smooth_images(64, seed=11)
     return Setup(
@@ -86,7 +80,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 
 @pytest.fixture(scope="module")
 def int8_onnx(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
-    return qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(), tmp_path_factory.mktemp("int8"), setup.calibration)
+    return qox.run(
+        setup.fp32_bundle.model_path, qox.ONNXQuantConfig(), tmp_path_factory.mktemp("int8"), setup.calibration
+    )
 
 
 def _lineage_root(bundle: Bundle) -> SourceModel:
@@ -123,8 +119,11 @@ def test_run_succeeds_with_qdq_model_close_to_fp32(setup: Setup, int8_onnx: tupl
 def _int8_weight_ranges(path: Path) -> list[tuple[int, int]]:
     from onnx import numpy_helper
 
-    return [(int(a.min()), int(a.max())) for t in onnx.load(str(path)).graph.initializer
-            if (a := numpy_helper.to_array(t)).dtype == np.int8 and a.size > 1 and a.any()]  # weights, not zero points
+    return [
+        (int(a.min()), int(a.max()))
+        for t in onnx.load(str(path)).graph.initializer
+        if (a := numpy_helper.to_array(t)).dtype == np.int8 and a.size > 1 and a.any()
+    ]  # weights, not zero points
 
 
 def test_reduce_range_succeeds_with_7_bit_weights(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
@@ -135,20 +134,41 @@ def test_reduce_range_succeeds_with_7_bit_weights(setup: Setup, int8_onnx: tuple
     assert len(reduced) == len(full) and max(max(-low, high) for low, high in reduced) == 64  # symmetric 7 bits
 
 
+@pytest.mark.parametrize(("vnni_flags", "reduced"), [((), True), (("avx_vnni",), False)], ids=["avx2", "vnni"])
+def test_reduce_range_auto_succeeds_with_detected_cpu_recorded(
+    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni_flags: tuple, reduced: bool
+) -> None:
+    from converters.quantize import cpu
+
+    monkeypatch.setattr(cpu, "host_cpu", lambda: cpu.CpuInt8(machine="x86_64", vnni_flags=vnni_flags, flags_read=True))
+    result = qox.quantize_with_budget(
+        setup.fp32_bundle.model_path,
+        setup.calibration,
+        lambda path: 1.0,
+        1.0,
+        max_drop=1.0,
+        out_dir=tmp_path,
+        config=qox.ONNXQuantConfig(reduce_range="auto"),
+    )
+    ranges = _int8_weight_ranges(result.model_path)
+    assert max(max(-low, high) for low, high in ranges) == (64 if reduced else 127)
+    record = result.step.config
+    assert record["reduce_range"] is reduced and record["int8_arithmetic"]["seven_bit_weights"] is reduced
+    assert record["int8_arithmetic"]["host_cpu"]["vnni_flags"] == list(vnni_flags)
+    with pytest.raises(ConfigError, match="reduce_range"):
+        qox.ONNXQuantConfig(reduce_range="sometimes")
+
+
 def _int8_bundle(setup: Setup, model: Path, out: Path) -> Bundle:
     return package(
         model,
         out_dir=out,
-        format=ModelFormat.ONNX,
-        precision=Precision.INT8,
-        task=Task.IMAGE_CLASSIFICATION,
-        output_kind=OutputKind.LOGITS,
-        preprocessing=PREPROCESSING,
-        labels=LABELS,
-        source=_lineage_root(setup.fp32_bundle),
-        steps=[qc.step_record(qox.STEP_NAME, qox.ONNXQuantConfig(), setup.calibration, qox.TOOLS, 0.0)],
-        name="tiny",
-        parent=str(setup.fp32_bundle.path),
+        spec=PackageSpec(name="tiny", format=ModelFormat.ONNX, precision=Precision.INT8, metadata=METADATA),
+        lineage=Lineage(
+            source=_lineage_root(setup.fp32_bundle),
+            steps=(qc.step_record(qox.STEP_NAME, qox.ONNXQuantConfig(), setup.calibration, qox.TOOLS, 0.0),),
+            parent=str(setup.fp32_bundle.path),
+        ),
     )
 
 
@@ -172,21 +192,33 @@ def test_localize_succeeds_pairing_only_comparable_layers_of_a_qdq_model(
     bundle = _int8_bundle(setup, int8_onnx[0], tmp_path / "tiny-onnx-int8")
     x = setup.val[:4]
     # Tolerance 0: every compared layer "diverges", so the report lists what was paired.
-    where = localize(Runtime(runtime), bundle, x, fp32=setup.fp32_bundle, fp32_inputs=x, compared_with="parent",
-                     tolerance=0.0, worst=100)
+    where = localize(
+        Runtime(runtime),
+        bundle,
+        x,
+        fp32=setup.fp32_bundle,
+        fp32_inputs=x,
+        compared_with="parent",
+        tolerance=0.0,
+        worst=100,
+    )
     assert where.first is not None and where.first.index > 0
     # The quantizer folds ReLU into the convolution before it, under the ReLU's tensor name: such
     # pairs would differ by the whole negative half (relative error ~1) and must not be compared.
     assert where.worst and all(d.rel_error < 0.3 for d in where.worst)
 
 
-def test_nodes_to_exclude_succeeds_with_sensitive_node_left_in_float(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
+def test_nodes_to_exclude_succeeds_with_sensitive_node_left_in_float(
+    setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path
+) -> None:
     layers = qox.sensitive_layers(setup.fp32_bundle.model_path, int8_onnx[0], setup.calibration, samples=16)
     assert {s.op for s in layers} == {"Conv", "MatMul"} and len(layers) == 4
     assert [s.score for s in layers] == sorted((s.score for s in layers), reverse=True)
     assert all(0.9 < s.metrics["cosine"] <= 1.0 + 1e-6 for s in layers)
     top = layers[0].name
-    path, kept = qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(nodes_to_exclude=(top,)), tmp_path, setup.calibration)
+    path, kept = qox.run(
+        setup.fp32_bundle.model_path, qox.ONNXQuantConfig(nodes_to_exclude=(top,)), tmp_path, setup.calibration
+    )
     assert [k.layer for k in kept] == [top]
     nodes = _nodes(path)
     producers = {o: n for n in nodes.values() for o in n.output}
@@ -224,7 +256,9 @@ def test_run_fails_with_unusable_calibration_before_work(setup: Setup, tmp_path:
     with pytest.raises(ConfigError, match="calibration"):
         qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(), out_dir, from_arrays(tensors))
     with pytest.raises(ConfigError, match="calibration"):
-        qox.quantize_with_budget(setup.fp32_bundle.model_path, from_arrays(tensors), lambda p: 1.0, 1.0, max_drop=0.01, out_dir=out_dir)
+        qox.quantize_with_budget(
+            setup.fp32_bundle.model_path, from_arrays(tensors), lambda p: 1.0, 1.0, max_drop=0.01, out_dir=out_dir
+        )
     with pytest.raises(ConfigError, match="needs a calibration set"):
         qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(), out_dir, None)
     assert not out_dir.exists()
@@ -236,14 +270,17 @@ def test_config_fails_with_unknown_choices(setup: Setup, tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="activation_type"):
         qox.ONNXQuantConfig(activation_type="QInt4")
     with pytest.raises(ConfigError, match="not nodes of the pre-processed model"):
-        qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(nodes_to_exclude=("nope",)), tmp_path, setup.calibration)
+        qox.run(
+            setup.fp32_bundle.model_path, qox.ONNXQuantConfig(nodes_to_exclude=("nope",)), tmp_path, setup.calibration
+        )
 
 
 def test_onnx_to_openvino_succeeds_matching_ort_fp32(setup: Setup, tmp_path: Path) -> None:
     import openvino as ov
+
     import sdk
-    from converters.quantize import openvino as qov
     from converters.export.onnx_source import load_onnx_source, onnx_to_openvino_step
+    from converters.quantize import openvino as qov
 
     source = load_onnx_source(setup.fp32_bundle.model_path)
     assert source.kind is ModelFormat.ONNX and source.inputs[0].shape == (-1, 32, 32, 3)
@@ -253,9 +290,10 @@ def test_onnx_to_openvino_succeeds_matching_ort_fp32(setup: Setup, tmp_path: Pat
     assert json.loads(model.get_rt_info(["shelfedge", "labels"]).astype(str)) == list(LABELS)
     assert np.max(np.abs(qov.predictor(xml)(setup.val) - setup.fp32_val)) < 1e-4
     bundle = package(
-        xml, out_dir=tmp_path / "tiny-openvino-fp32", format=ModelFormat.OPENVINO, precision=Precision.FP32,
-        task=Task.IMAGE_CLASSIFICATION, output_kind=OutputKind.LOGITS, preprocessing=PREPROCESSING,
-        labels=LABELS, source=source, steps=[step], name="tiny",
+        xml,
+        out_dir=tmp_path / "tiny-openvino-fp32",
+        spec=PackageSpec(name="tiny", format=ModelFormat.OPENVINO, precision=Precision.FP32, metadata=METADATA),
+        lineage=Lineage(source=source, steps=(step,)),
     )
     assert bundle.manifest.provenance.source_sha256 == source.sha256
     with sdk.load(bundle) as loaded:
@@ -267,11 +305,11 @@ def test_onnx_source_fails_with_missing_or_corrupted_file(tmp_path: Path) -> Non
 
     corrupted = tmp_path / "broken.onnx"
     corrupted.write_bytes(b"\x08\x07garbage" * 8)
-    with pytest.raises(ConversionError, match="broken.onnx") as caught:
+    with pytest.raises(ConversionError, match=r"broken\.onnx") as caught:
         onnx_to_openvino(corrupted, tmp_path / "out")
     assert caught.value.__cause__ is not None
-    with pytest.raises(ConversionError, match="missing.onnx"):
+    with pytest.raises(ConversionError, match=r"missing\.onnx"):
         load_onnx_source(tmp_path / "missing.onnx")
-    with pytest.raises(ConversionError, match="broken.onnx"):
+    with pytest.raises(ConversionError, match=r"broken\.onnx"):
         qox.run(corrupted, qox.ONNXQuantConfig(), tmp_path / "q", from_arrays(np.zeros((2, 32, 32, 3), np.float32)))
     assert not (tmp_path / "out").exists()

@@ -18,12 +18,13 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 keras = pytest.importorskip("keras")
 
+from converters.export.package import Lineage, PackageSpec, package  # noqa: E402
+from converters.export.source import SourceModel  # noqa: E402
+from converters.export.steps import ModelMetadata  # noqa: E402
 from converters.quantize import common as qc  # noqa: E402
 from converters.quantize import openvino as qov  # noqa: E402
 from converters.quantize.calibration import from_arrays  # noqa: E402
-from converters.export.package import package  # noqa: E402
-from converters.export.source import SourceModel  # noqa: E402
-from sdk.bundle import Bundle, write_bundle  # noqa: E402
+from sdk.bundle import Bundle  # noqa: E402
 from sdk.enums import ModelFormat, OutputKind, Precision, Task  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402
 from sdk.manifest import Preprocessing  # noqa: E402
@@ -32,23 +33,9 @@ pytestmark = [pytest.mark.openvino, pytest.mark.tensorflow]
 
 LABELS = ("apple", "banana", "milk", "yoghurt")
 PREPROCESSING = Preprocessing(size=(32, 32), mean=(127.5,) * 3, std=(127.5,) * 3)
-
-
-def _tiny_cnn() -> keras.Model:
-    keras.utils.set_random_seed(3)
-    image = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="conv")(image)
-    batch_norm = keras.layers.BatchNormalization(name="bn")
-    x = keras.layers.ReLU(name="relu")(batch_norm(x))
-    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
-    x = keras.layers.ReLU(name="relu_dw")(x)
-    x = keras.layers.Conv2D(32, 1, name="pw")(x)
-    x = keras.layers.ReLU(name="relu_pw")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    logits = keras.layers.Dense(len(LABELS), name="logits")(x)
-    rng = np.random.default_rng(1)
-    batch_norm.set_weights([rng.uniform(0.5, 1.5, 16), rng.normal(0, 0.1, 16), rng.normal(0, 0.1, 16), rng.uniform(0.5, 2, 16)])
-    return keras.Model(image, logits, name="tiny_cnn")
+METADATA = ModelMetadata(
+    task=Task.IMAGE_CLASSIFICATION, output_kind=OutputKind.LOGITS, preprocessing=PREPROCESSING, labels=LABELS
+)
 
 
 def _smooth_images(n: int, seed: int) -> np.ndarray:
@@ -68,11 +55,18 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+def setup(tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Setup:
     from converters.export.pipeline import export
 
     out = tmp_path_factory.mktemp("ov-export")
-    bundles = export(_tiny_cnn(), out_dir=out, formats=("openvino",), name="tiny", labels=LABELS, preprocessing=PREPROCESSING)
+    bundles = export(
+        tiny_cnn(width=16, pointwise=32, seed=3),
+        out_dir=out,
+        formats=("openvino",),
+        name="tiny",
+        labels=LABELS,
+        preprocessing=PREPROCESSING,
+    )
     bundle = bundles[ModelFormat.OPENVINO]
     val = _smooth_images(64, seed=11)
     return Setup(
@@ -85,7 +79,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 
 @pytest.fixture(scope="module")
 def int8_ir(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
-    return qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(subset_size=32), tmp_path_factory.mktemp("int8"), setup.calibration)
+    return qov.run(
+        setup.fp32_bundle.model_path,
+        qov.OpenVINOQuantConfig(subset_size=32),
+        tmp_path_factory.mktemp("int8"),
+        setup.calibration,
+    )
 
 
 def _ops(path: Path) -> list:
@@ -120,28 +119,41 @@ def test_run_succeeds_with_int8_fake_quantize_close_to_fp32(setup: Setup, int8_i
     assert json.loads(model.get_rt_info(["shelfedge", "labels"]).astype(str)) == list(LABELS)
     int8_val = qov.predictor(path)(setup.val)
     assert qc.compare(setup.fp32_val, int8_val)["cosine"] > 0.98
-    assert path.with_suffix(".bin").stat().st_size < 0.5 * setup.fp32_bundle.model_path.with_suffix(".bin").stat().st_size
+    assert (
+        path.with_suffix(".bin").stat().st_size < 0.5 * setup.fp32_bundle.model_path.with_suffix(".bin").stat().st_size
+    )
 
 
 def _7_bit_weights(path: Path) -> tuple[int, int]:
     """(int8 weight tensors within 7 bits, all int8 weight tensors)."""
-    values = [op.get_data() for op in _ops(path) if op.get_type_name() == "Constant"
-              and op.get_element_type().get_type_name() == "i8"]
+    values = [
+        op.get_data()
+        for op in _ops(path)
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+    ]
     return sum(int(v.min()) >= -64 and int(v.max()) <= 63 for v in values), len(values)
 
 
-def test_overflow_fix_succeeds_with_7_bit_weights_only_where_asked(setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path) -> None:
+def test_overflow_fix_succeeds_with_7_bit_weights_only_where_asked(
+    setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path
+) -> None:
     # The default (enable) stores weights in 7 bits where NNCF sees the u8 x s8 overflow risk,
     # so AVX2 CPUs without VNNI do not saturate; disable keeps the full 8 bits everywhere.
     fixed, total = _7_bit_weights(int8_ir[0])
-    path, _ = qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(subset_size=32, overflow_fix="disable"),
-                      tmp_path, setup.calibration)
+    path, _ = qov.run(
+        setup.fp32_bundle.model_path,
+        qov.OpenVINOQuantConfig(subset_size=32, overflow_fix="disable"),
+        tmp_path,
+        setup.calibration,
+    )
     assert _7_bit_weights(path) == (0, total)
     assert fixed >= 1
 
 
 def test_run_succeeds_with_fp16_weights_half_the_size(setup: Setup, tmp_path: Path) -> None:
-    path, kept = qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(precision=Precision.FP16), tmp_path, None)
+    path, kept = qov.run(
+        setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(precision=Precision.FP16), tmp_path, None
+    )
     weights = [op for op in _ops(path) if op.get_type_name() == "Constant" and op.get_element_type().is_real()]
     assert kept == [] and weights
     assert {op.get_element_type().get_type_name() for op in weights} == {"f16"}
@@ -157,16 +169,17 @@ def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_ir: tuple[Path, l
     bundle = package(
         path,
         out_dir=tmp_path / "tiny-openvino-int8",
-        format=ModelFormat.OPENVINO,
-        precision=Precision.INT8,
-        task=Task.IMAGE_CLASSIFICATION,
-        output_kind=OutputKind.LOGITS,
-        preprocessing=PREPROCESSING,
-        labels=LABELS,
-        source=_lineage_root(setup.fp32_bundle),
-        steps=[*setup.fp32_bundle.manifest.provenance.steps, qc.step_record(qov.STEP_NAME, qov.OpenVINOQuantConfig(subset_size=32), setup.calibration, qov.TOOLS, 0.0)],
-        name="tiny",
-        parent=str(setup.fp32_bundle.path),
+        spec=PackageSpec(name="tiny", format=ModelFormat.OPENVINO, precision=Precision.INT8, metadata=METADATA),
+        lineage=Lineage(
+            source=_lineage_root(setup.fp32_bundle),
+            steps=(
+                *setup.fp32_bundle.manifest.provenance.steps,
+                qc.step_record(
+                    qov.STEP_NAME, qov.OpenVINOQuantConfig(subset_size=32), setup.calibration, qov.TOOLS, 0.0
+                ),
+            ),
+            parent=str(setup.fp32_bundle.path),
+        ),
     )
     assert bundle.manifest.provenance.steps[-1].config["calibration"]["sha256"] == setup.calibration.sha256
     with sdk.load(bundle) as model:
@@ -175,7 +188,9 @@ def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_ir: tuple[Path, l
     assert qc.compare(setup.fp32_val[:8], logits)["cosine"] > 0.98
 
 
-def test_ignored_scope_succeeds_with_sensitive_layer_left_in_float(setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path) -> None:
+def test_ignored_scope_succeeds_with_sensitive_layer_left_in_float(
+    setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path
+) -> None:
     import openvino as ov
 
     fp32_path = setup.fp32_bundle.model_path
@@ -184,11 +199,13 @@ def test_ignored_scope_succeeds_with_sensitive_layer_left_in_float(setup: Setup,
     assert [s.score for s in layers] == sorted((s.score for s in layers), reverse=True)
     assert all(0.9 < s.metrics["cosine"] <= 1.0 + 1e-6 for s in layers)
     top = layers[0].name
-    path, kept = qov.run(fp32_path, qov.OpenVINOQuantConfig(subset_size=32, ignored_scope=(top,)), tmp_path, setup.calibration)
+    path, kept = qov.run(
+        fp32_path, qov.OpenVINOQuantConfig(subset_size=32, ignored_scope=(top,)), tmp_path, setup.calibration
+    )
     assert [k.layer for k in kept] == [top] and kept[0].precision is Precision.FP32
     quantized = qov.quantized_layers(ov.Core().read_model(str(path)))
     assert top not in quantized
-    assert set(s.name for s in layers[1:]) <= quantized
+    assert {s.name for s in layers[1:]} <= quantized
 
 
 def test_budget_zero_succeeds_with_fallback_and_kept_layers_recorded(setup: Setup, tmp_path: Path) -> None:
@@ -219,40 +236,150 @@ def test_budget_zero_succeeds_with_fallback_and_kept_layers_recorded(setup: Setu
     assert not {k.layer for k in result.kept_in_float} & quantized
     assert result.model_path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
     record = json.loads(json.dumps(result.step.to_dict()))
-    assert record["config"]["budget"]["max_drop"] == 0.0 and len(record["config"]["budget"]["attempts"]) == len(result.attempts)
-    # The manifest schema carries kept_in_float (package() cannot pass it yet).
-    bundle = package(
-        result.model_path, out_dir=tmp_path.parent / f"{tmp_path.name}-bundle", format=ModelFormat.OPENVINO,
-        precision=Precision.INT8, task=Task.IMAGE_CLASSIFICATION, output_kind=OutputKind.LOGITS,
-        preprocessing=PREPROCESSING, labels=LABELS, source=_lineage_root(setup.fp32_bundle), steps=[result.step], name="tiny",
+    assert record["config"]["budget"]["max_drop"] == 0.0 and len(record["config"]["budget"]["attempts"]) == len(
+        result.attempts
     )
-    reopened = write_bundle(bundle.path, bundle.manifest.with_changes(kept_in_float=result.kept_in_float))
-    assert reopened.manifest.kept_in_float == result.kept_in_float
+    bundle = package(
+        result.model_path,
+        out_dir=tmp_path.parent / f"{tmp_path.name}-bundle",
+        spec=PackageSpec(name="tiny", format=ModelFormat.OPENVINO, precision=Precision.INT8, metadata=METADATA),
+        lineage=Lineage(
+            source=_lineage_root(setup.fp32_bundle), steps=(result.step,), kept_in_float=result.kept_in_float
+        ),
+    )
+    assert Bundle.open(bundle.path).manifest.kept_in_float == result.kept_in_float
 
 
-def test_budget_succeeds_with_nncf_accuracy_control_keeping_layers(setup: Setup, tmp_path: Path) -> None:
-    # NNCF calibrates on the first 8 samples only, here near-black: activation ranges far too
-    # narrow for the validation images, so plain PTQ clips and misses a 10 pt budget.
-    tensors = _smooth_images(32, seed=5)
-    tensors[:8] *= 0.3
-    # (first_layer_only: the clipping scenario below was measured with NNCF's default weights)
-    eval_fn = qc.top1_eval(setup.val, setup.fp32_val.argmax(-1), qov.predictor)
+def _spread_logits(model: keras.Model) -> keras.Model:
+    """Centre and scale the logits on sample images: untrained, every image would get one class,
+    and top-1 agreement would be no accuracy signal at all."""
+    dense = model.get_layer("logits")
+    features = keras.Model(model.inputs, dense.input).predict(_smooth_images(64, seed=9), verbose=0)
+    kernel = dense.get_weights()[0] / (features @ dense.get_weights()[0]).std(axis=0)
+    dense.set_weights([kernel, -features.mean(axis=0) @ kernel])
+    return model
+
+
+def _outlier_cnn(tiny_cnn) -> keras.Model:
+    """A CNN that int8 breaks on every CPU: a constant 1000 in one channel of the 1x1 conv's input.
+
+    That channel feeds nothing (its weights are zero), but the conv's activation quantizer is
+    per-tensor, so its step (~4) rounds every other channel (< 1) to zero: a quantization error,
+    not an ISA's int8 saturation. Keeping the conv's input in float restores the answers.
+    """
+    model = tiny_cnn(width=16, pointwise=32, seed=3)
+    dw, pw = model.get_layer("dw"), model.get_layer("pw")
+    kernel, bias = dw.get_weights()
+    kernel[..., 0, 0], bias[0] = 0.0, 1000.0
+    dw.set_weights([kernel, bias])
+    kernel, bias = pw.get_weights()
+    kernel[:, :, 0, :] = 0.0
+    pw.set_weights([kernel, bias])
+    return _spread_logits(model)
+
+
+def test_budget_succeeds_with_nncf_accuracy_control_keeping_layers(tiny_cnn, tmp_path: Path) -> None:
+    from converters.export.pipeline import export
+
+    fp32 = export(
+        _outlier_cnn(tiny_cnn),
+        out_dir=tmp_path / "fp32",
+        formats=("openvino",),
+        name="outlier",
+        labels=LABELS,
+        preprocessing=PREPROCESSING,
+    )[ModelFormat.OPENVINO]
+    val = _smooth_images(64, seed=11)
+    eval_fn = qc.top1_eval(val, qov.predictor(fp32.model_path)(val).argmax(-1), qov.predictor)
+    # 7-bit weights: AVX2 and VNNI hosts compute the same int8 arithmetic (measured here: plain
+    # PTQ drops ~64 pt, accuracy control reverts the 1x1 conv and drops ~10 pt).
     result = qov.quantize_with_budget(
-        setup.fp32_bundle.model_path, from_arrays(tensors), eval_fn, 1.0, max_drop=10.0, out_dir=tmp_path,
-        config=qov.OpenVINOQuantConfig(subset_size=8, overflow_fix="first_layer_only"),
+        fp32.model_path,
+        from_arrays(_smooth_images(32, seed=5)),
+        eval_fn,
+        1.0,
+        max_drop=25.0,
+        out_dir=tmp_path / "int8",
+        config=qov.OpenVINOQuantConfig(subset_size=32, overflow_fix="enable"),
     )
     plain, control = result.attempts[:2]
-    assert plain.drop > 10.0 and not plain.met_budget
+    assert plain.drop > 40.0 and not plain.met_budget
     assert control.description == "nncf.quantize_with_accuracy_control" and control.kept
     assert result.met_budget and len(result.attempts) == 2
     assert [k.layer for k in result.kept_in_float] == list(control.kept)
     assert all("reverted to float by nncf.quantize_with_accuracy_control" in k.reason for k in result.kept_in_float)
 
 
+@pytest.mark.parametrize(
+    ("vnni_flags", "machine", "applied"),
+    [((), "x86_64", "enable"), (("avx512_vnni",), "x86_64", "first_layer_only"), ((), "aarch64", "first_layer_only")],
+    ids=["avx2", "vnni", "arm"],
+)
+def test_overflow_fix_auto_succeeds_with_detected_cpu_recorded(
+    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni_flags: tuple, machine: str, applied: str
+) -> None:
+    from converters.quantize import cpu
+
+    host = cpu.CpuInt8(machine=machine, vnni_flags=vnni_flags, flags_read=True)
+    monkeypatch.setattr(cpu, "host_cpu", lambda: host)
+    eval_fn = qc.top1_eval(setup.val, setup.fp32_val.argmax(-1), qov.predictor)
+    result = qov.quantize_with_budget(
+        setup.fp32_bundle.model_path,
+        setup.calibration,
+        eval_fn,
+        1.0,
+        max_drop=100.0,
+        out_dir=tmp_path / "auto",
+        config=qov.OpenVINOQuantConfig(subset_size=32, overflow_fix="auto"),
+    )
+    # The same weights as the explicit value the detection chose.
+    explicit, _ = qov.run(
+        setup.fp32_bundle.model_path,
+        qov.OpenVINOQuantConfig(subset_size=32, overflow_fix=applied),
+        tmp_path / "explicit",
+        setup.calibration,
+    )
+    assert _7_bit_weights(result.model_path) == _7_bit_weights(explicit)
+    record = result.step.config
+    assert record["overflow_fix"] == applied
+    assert record["int8_arithmetic"]["requested"] == "auto" and record["int8_arithmetic"]["applied"] == applied
+    assert record["int8_arithmetic"]["host_cpu"] == {
+        "machine": machine,
+        "vnni_flags": list(vnni_flags),
+        "flags_read": True,
+    }
+
+
+def test_overflow_fix_succeeds_with_explicit_override_ignoring_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from converters.quantize import cpu
+
+    monkeypatch.setattr(cpu, "host_cpu", lambda: pytest.fail("an explicit value must not detect the CPU"))
+    choice = qov.OpenVINOQuantConfig(overflow_fix="disable").seven_bit()
+    assert (choice.applied, choice.seven_bit, choice.cpu) == ("disable", False, None)
+    assert choice.to_record()["reason"] == "set explicitly in the config"
+
+
+def test_parse_cpuinfo_succeeds_with_vnni_flags_or_none() -> None:
+    from converters.quantize.cpu import parse_cpuinfo
+
+    avx2 = parse_cpuinfo("processor : 0\nflags : fpu sse2 avx avx2 fma\n", "x86_64")
+    vnni = parse_cpuinfo("flags\t: avx2 avx512f avx512_vnni amx_int8\nflags : other\n", "x86_64")
+    unknown = parse_cpuinfo("Processor : ARMv8\n", "x86_64")
+    assert avx2.needs_seven_bit_weights and avx2.vnni_flags == ()
+    assert not vnni.needs_seven_bit_weights and vnni.vnni_flags == ("avx512_vnni", "amx_int8")
+    assert unknown.needs_seven_bit_weights and not unknown.flags_read
+    assert not parse_cpuinfo("flags : neon asimd\n", "aarch64").needs_seven_bit_weights
+
+
 def test_budget_succeeds_with_plain_ptq_when_it_fits(setup: Setup, tmp_path: Path) -> None:
     eval_fn = qc.top1_eval(setup.val, setup.fp32_val.argmax(-1), qov.predictor)
     result = qov.quantize_with_budget(
-        setup.fp32_bundle.model_path, setup.calibration, eval_fn, 1.0, max_drop=50.0, out_dir=tmp_path,
+        setup.fp32_bundle.model_path,
+        setup.calibration,
+        eval_fn,
+        1.0,
+        max_drop=50.0,
+        out_dir=tmp_path,
         config=qov.OpenVINOQuantConfig(subset_size=32),
     )
     assert result.met_budget and result.kept_in_float == () and len(result.attempts) == 1
@@ -268,7 +395,9 @@ def test_run_fails_with_unusable_calibration_before_work(setup: Setup, tmp_path:
     with pytest.raises(ConfigError, match="calibration"):
         qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(), out_dir, from_arrays(tensors))
     with pytest.raises(ConfigError, match="calibration"):
-        qov.quantize_with_budget(setup.fp32_bundle.model_path, from_arrays(tensors), lambda p: 1.0, 1.0, max_drop=0.01, out_dir=out_dir)
+        qov.quantize_with_budget(
+            setup.fp32_bundle.model_path, from_arrays(tensors), lambda p: 1.0, 1.0, max_drop=0.01, out_dir=out_dir
+        )
     assert not out_dir.exists()
 
 
@@ -276,7 +405,12 @@ def test_run_fails_with_missing_calibration_or_bad_config(setup: Setup, tmp_path
     with pytest.raises(ConfigError, match="needs a calibration set"):
         qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(), tmp_path / "a", None)
     with pytest.raises(ConfigError, match="not layers of the model"):
-        qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(ignored_scope=("no_such_layer",)), tmp_path / "b", setup.calibration)
+        qov.run(
+            setup.fp32_bundle.model_path,
+            qov.OpenVINOQuantConfig(ignored_scope=("no_such_layer",)),
+            tmp_path / "b",
+            setup.calibration,
+        )
     with pytest.raises(ConfigError, match="preset"):
         qov.OpenVINOQuantConfig(preset="fastest")
     with pytest.raises(ConfigError, match="precision"):
@@ -284,9 +418,13 @@ def test_run_fails_with_missing_calibration_or_bad_config(setup: Setup, tmp_path
     with pytest.raises(ConfigError, match="overflow_fix"):
         qov.OpenVINOQuantConfig(overflow_fix="always")
     with pytest.raises(ConfigError, match="max_drop"):
-        qov.quantize_with_budget(setup.fp32_bundle.model_path, setup.calibration, lambda p: 1.0, 1.0, max_drop=101, out_dir=tmp_path / "c")
+        qov.quantize_with_budget(
+            setup.fp32_bundle.model_path, setup.calibration, lambda p: 1.0, 1.0, max_drop=101, out_dir=tmp_path / "c"
+        )
     with pytest.raises(ConfigError, match="fp32_accuracy"):
-        qov.quantize_with_budget(setup.fp32_bundle.model_path, setup.calibration, lambda p: 1.0, 85.0, max_drop=1.0, out_dir=tmp_path / "c")
+        qov.quantize_with_budget(
+            setup.fp32_bundle.model_path, setup.calibration, lambda p: 1.0, 85.0, max_drop=1.0, out_dir=tmp_path / "c"
+        )
     assert not any((tmp_path / d).exists() for d in "abc")
 
 

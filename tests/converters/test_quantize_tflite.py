@@ -22,11 +22,12 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import sdk  # noqa: E402
 from converters.export import tflite as export_tflite  # noqa: E402
+from converters.export.package import Lineage, PackageSpec, package  # noqa: E402
+from converters.export.source import SourceModel, load_source  # noqa: E402
+from converters.export.steps import ModelMetadata  # noqa: E402
 from converters.quantize import tflite as qt  # noqa: E402
 from converters.quantize.calibration import CalibrationSet, from_arrays  # noqa: E402
-from converters.export.package import package  # noqa: E402
-from converters.export.source import SourceModel, load_source  # noqa: E402
-from sdk.bundle import Bundle, write_bundle  # noqa: E402
+from sdk.bundle import Bundle  # noqa: E402
 from sdk.enums import ModelFormat, OutputKind, Precision, Task  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402
 from sdk.manifest import Preprocessing  # noqa: E402
@@ -35,6 +36,9 @@ pytestmark = [pytest.mark.litert, pytest.mark.tensorflow]
 
 LABELS = ("apple", "banana", "cereal", "milk")
 PREPROCESSING = Preprocessing(size=(32, 32), mean=(127.5,) * 3, std=(127.5,) * 3)
+METADATA = ModelMetadata(
+    task=Task.IMAGE_CLASSIFICATION, output_kind=OutputKind.LOGITS, preprocessing=PREPROCESSING, labels=LABELS
+)
 MODES = {
     "fp16": qt.TFLiteQuantConfig(precision=Precision.FP16),
     "dynamic_int8": qt.TFLiteQuantConfig(precision=Precision.DYNAMIC_INT8),
@@ -188,11 +192,16 @@ def test_run_succeeds_with_each_precision(tiny: Tiny, mode: str) -> None:
     cosine = _cosine(got, tiny.reference)
     size_ratio = tiny.files[mode].stat().st_size / tiny.fp32_file.stat().st_size
     weight_ratio = _weight_bytes(tiny.files[mode]) / _weight_bytes(tiny.fp32_file)
-    print(f"{mode}: {tiny.files[mode].stat().st_size} B, {size_ratio:.2f} of fp32 (weights {weight_ratio:.2f}), cosine {cosine:.5f}")
+    print(
+        f"{mode}: {tiny.files[mode].stat().st_size} B, {size_ratio:.2f} of fp32 "
+        f"(weights {weight_ratio:.2f}), cosine {cosine:.5f}"
+    )
     assert cosine > min_cosine
     assert size_ratio < max_size_ratio and weight_ratio < max_weight_ratio
     if mode == "fp16":
-        np.testing.assert_allclose(got, tiny.reference, atol=5e-3 * np.abs(tiny.reference).max())  # fp16 weight rounding
+        np.testing.assert_allclose(
+            got, tiny.reference, atol=5e-3 * np.abs(tiny.reference).max()
+        )  # fp16 weight rounding
 
 
 def test_run_step_succeeds_with_calibration_hash_in_provenance(tiny: Tiny) -> None:
@@ -229,18 +238,9 @@ def test_package_succeeds_with_kept_in_float_bundle_loading_through_sdk(tiny: Ti
     bundle = package(
         path,
         out_dir=tmp_path / "tiny-tflite-int8",
-        format=ModelFormat.TFLITE,
-        precision=Precision.INT8,
-        task=Task.IMAGE_CLASSIFICATION,
-        output_kind=OutputKind.LOGITS,
-        preprocessing=PREPROCESSING,
-        labels=LABELS,
-        source=tiny.source,
-        steps=[*tiny.source.lineage(True), step],
-        name="tiny",
+        spec=PackageSpec(name="tiny", format=ModelFormat.TFLITE, precision=Precision.INT8, metadata=METADATA),
+        lineage=Lineage(source=tiny.source, steps=(*tiny.source.lineage(True), step), kept_in_float=tuple(kept)),
     )
-    # package() has no kept_in_float argument yet: record it the way it will.
-    write_bundle(bundle.path, bundle.manifest.with_changes(kept_in_float=tuple(kept)))
     reopened = Bundle.open(bundle.path)
     assert reopened.manifest.kept_in_float == tuple(kept) and reopened.manifest.precision is Precision.INT8
     assert reopened.manifest.provenance.steps[-1].config["denylisted_nodes"] == ["dw"]
@@ -283,7 +283,9 @@ def test_quantize_with_budget_succeeds_with_zero_budget_forcing_denylisting(tiny
     assert "budget of 0 forces accuracy control" in record.reason
     assert "sensitivity rank 1 of 4" in record.reason and "rmse/scale" in record.reason
     assert sorted(p.name for p in tmp_path.iterdir()) == [qt.MODEL_FILE]
-    assert any(np.dtype(t["dtype"]) == np.float32 for t in Interpreter(model_path=str(result.model_path)).get_tensor_details())
+    assert any(
+        np.dtype(t["dtype"]) == np.float32 for t in Interpreter(model_path=str(result.model_path)).get_tensor_details()
+    )
     budget = result.step.config["budget"]
     assert budget["max_drop"] == 0.0 and len(budget["attempts"]) == 2 and budget["met_budget"]
     assert result.step.config["denylisted_nodes"] == ["logits"]
@@ -320,14 +322,23 @@ def test_quantize_with_budget_succeeds_with_plain_int8_within_budget(tiny: Tiny,
 
 @pytest.mark.parametrize(
     "fp32_accuracy, eval_result, match",
-    [(88.0, 0.5, "fp32_accuracy must be an accuracy fraction"), (0.88, 87.0, "eval_fn's result must be an accuracy fraction")],
+    [
+        (88.0, 0.5, "fp32_accuracy must be an accuracy fraction"),
+        (0.88, 87.0, "eval_fn's result must be an accuracy fraction"),
+    ],
 )
 def test_quantize_with_budget_fails_with_accuracy_in_percent(
     tiny: Tiny, tmp_path: Path, fp32_accuracy: float, eval_result: float, match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         qt.quantize_with_budget(
-            tiny.source, tiny.calibration, lambda path: eval_result, fp32_accuracy, max_drop=1.0, out_dir=tmp_path, samples=4
+            tiny.source,
+            tiny.calibration,
+            lambda path: eval_result,
+            fp32_accuracy,
+            max_drop=1.0,
+            out_dir=tmp_path,
+            samples=4,
         )
 
 
@@ -376,13 +387,21 @@ def test_run_fails_with_missing_calibration_before_any_work(
 @pytest.mark.parametrize(
     "fields, match",
     [
-        pytest.param({"precision": Precision.FP16, "io_dtype": "int8"}, "io_dtype 'int8' does not go with fp16", id="fp16-int8io"),
-        pytest.param({"precision": Precision.DYNAMIC_INT8, "io_dtype": "uint8"}, "io_dtype 'uint8'", id="dynamic-uint8io"),
-        pytest.param({"precision": Precision.INT16X8, "io_dtype": "uint8"}, "use one of float32, int16", id="int16x8-uint8io"),
+        pytest.param(
+            {"precision": Precision.FP16, "io_dtype": "int8"}, "io_dtype 'int8' does not go with fp16", id="fp16-int8io"
+        ),
+        pytest.param(
+            {"precision": Precision.DYNAMIC_INT8, "io_dtype": "uint8"}, "io_dtype 'uint8'", id="dynamic-uint8io"
+        ),
+        pytest.param(
+            {"precision": Precision.INT16X8, "io_dtype": "uint8"}, "use one of float32, int16", id="int16x8-uint8io"
+        ),
         pytest.param({"precision": Precision.INT8, "io_dtype": "int16"}, "io_dtype 'int16'", id="int8-int16io"),
         pytest.param({"precision": Precision.FP32}, "fp32 comes from export_tflite", id="fp32"),
         pytest.param({"precision": "int4"}, "'int4' is not one of", id="unknown-precision"),
-        pytest.param({"precision": Precision.INT16X8, "denylisted_ops": ["MEAN"]}, "need precision int8", id="denylist-int16x8"),
+        pytest.param(
+            {"precision": Precision.INT16X8, "denylisted_ops": ["MEAN"]}, "need precision int8", id="denylist-int16x8"
+        ),
         pytest.param({"precision": Precision.INT8, "calibration_steps": 0}, "calibration_steps", id="zero-steps"),
         pytest.param({"precision": Precision.INT8, "allow_float_fallback": True}, "int16x8 only", id="fallback-int8"),
     ],
@@ -406,7 +425,9 @@ def test_run_fails_with_denylisted_node_not_in_model(tiny: Tiny, tmp_path: Path)
 
 def test_run_fails_with_uint8_io_and_first_layer_in_float(tiny: Tiny, tmp_path: Path) -> None:
     config = qt.TFLiteQuantConfig(precision=Precision.INT8, io_dtype="uint8", denylisted_nodes=("conv",))
-    with pytest.raises(ConversionError, match=r"^quantize_tflite: .*uint8 I/O is not possible.*io_dtype='int8'") as caught:
+    with pytest.raises(
+        ConversionError, match=r"^quantize_tflite: .*uint8 I/O is not possible.*io_dtype='int8'"
+    ) as caught:
         qt.run(tiny.source, config, tmp_path, tiny.calibration)
     assert caught.value.__cause__ is not None
 
