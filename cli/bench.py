@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cli import emit, log
+from cli import data_dir, emit, log
 from sdk.bundle import Bundle
-from sdk.data import ImageDataset, default_data_root, load_split
+from sdk.data import ImageDataset, load_split
 from sdk.enums import RUNTIMES_FOR_FORMAT, Runtime
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.profiles import Budgets, HardwareProfile, load_profile
@@ -260,7 +260,7 @@ def _images(
         if missing:
             raise ConfigError(f"--images: no such file(s): {', '.join(missing)}")
         return given, None, None, {"origin": "files", "source": "command line", "count": len(given)}
-    root = given[0] if given else default_data_root()
+    root = given[0] if given else data_dir(None, required=False)
     origin = "given dataset" if given else "shared dataset"
     if not (root / "val.txt").is_file():
         from sdk import synthetic

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli import emit, log
-from sdk.data import default_data_root
+from cli import data_dir, emit, log
 from sdk.errors import ConfigError
 from sdk.profiles import load_profile
 from sdk.qa.tables import markdown_table
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from converters.convert.pipeline import ConvertConfig, ModelSource, convert
     from converters.convert.plan import plan
 
-    data_root = Path(args.data) if args.data else default_data_root()
+    data_root = data_dir(args.data)
     profiles = [load_profile(p.strip()) for p in args.profile.split(",") if p.strip()]
     if not profiles:
         raise ConfigError("--profile needs at least one profile id")

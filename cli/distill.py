@@ -11,8 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from cli import emit, log
-from sdk.data import default_data_root
+from cli import data_dir, emit, log
 
 HELP = "distil the teacher into a smaller student (KD) and compare with the same student trained without KD"
 
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     config = dataclasses.replace(DistillConfig(variant=variant), **overrides)
-    data = Path(args.data) if args.data else default_data_root()
+    data = data_dir(args.data)
     comparison = compare(Path(args.teacher), data, Path(args.out), config, baseline=not args.no_kd_baseline, log=log,
                          force=args.force)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli import emit, log
-from sdk.data import default_data_root, load_split
+from cli import data_dir, emit, log
+from sdk.data import load_split
 from sdk.qa.evaluation import evaluate
 from sdk.qa.tables import markdown_table
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = load_split(args.data or default_data_root(), args.split)
+    dataset = load_split(data_dir(args.data), args.split)
     if args.limit:
         dataset = dataset.head(args.limit)
     results = []

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli import emit, log
-from sdk.data import default_data_root, load_split
+from cli import data_dir, emit, log
+from sdk.data import load_split
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.profiles import load_profile
 from sdk.qa.bench import BenchConfig
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise ConfigError(f"--limit must not be negative, got {args.limit}")
     profiles = [load_profile(name) for name in names]  # a bad profile fails before any work
-    dataset = load_split(args.data or default_data_root(), args.split)
+    dataset = load_split(data_dir(args.data), args.split)
     if args.limit:
         dataset = dataset.head(args.limit)
     reference = open_reference(args.reference, dataset, log=log)

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cli import emit, log
-from sdk.data import default_data_root, load_split
+from cli import data_dir, emit, log
+from sdk.data import load_split
 from sdk.enums import Runtime
 from sdk.profiles import load_profile
 from sdk.qa.tables import markdown_table
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sdk.qa.parity_run import open_reference, run_parity
 
-    dataset = load_split(args.data or default_data_root(), args.split)
+    dataset = load_split(data_dir(args.data), args.split)
     if args.limit:
         dataset = dataset.head(args.limit)
     reference = open_reference(args.reference, dataset, log=log)

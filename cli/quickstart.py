@@ -9,6 +9,8 @@ can open each bundle, and compare each against the TensorFlow reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import time
 from pathlib import Path
@@ -16,38 +18,62 @@ from typing import Any
 
 import numpy as np
 
+from cli import quickstart_pipeline as qp
+from cli._common import QUICKSTART_OUT, emit, log
 from sdk import preprocess as pp
+from sdk import synthetic
 from sdk.bundle import Bundle
-from cli import emit, log
 from sdk.data import ImageDataset, default_data_root, load_split
 from sdk.enums import RUNTIMES_FOR_FORMAT, ModelFormat, Runtime
 from sdk.errors import BackendUnavailableError, ConfigError
-from cli import quickstart_pipeline as qp
 from sdk.loading import load
-from sdk.profiles import load_profile
+from sdk.manifest import Preprocessing
+from sdk.profiles import HardwareProfile, load_profile
 from sdk.qa.tables import markdown_table
 from sdk.versions import host_info, tool_versions
 
 DEFAULT_TEACHER = Path("out/teacher/bundles/teacher-keras-fp32")
 STUDENT = "efficientnet_lite0@160"
-COLUMNS = ["bundle", "runtime", "device", "precision", "size MB", "max abs diff vs ref",
-           "top-1 agreement", "val top-1", "infer ms p50", "load ms"]
+COLUMNS = [
+    "bundle",
+    "runtime",
+    "device",
+    "precision",
+    "size MB",
+    "max abs diff vs ref",
+    "top-1 agreement",
+    "val top-1",
+    "infer ms p50",
+    "load ms",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or "
-                        "../shared/data/grocery; generated synthetic shelf photos when absent)")
-    parser.add_argument("--out", default="out/quickstart", help="output directory (default out/quickstart)")
+    parser.add_argument(
+        "--data",
+        help="Grocery Store style dataset (default: $SHELFEDGE_DATA or "
+        "../shared/data/grocery; generated synthetic shelf photos when absent)",
+    )
+    parser.add_argument("--out", default=str(QUICKSTART_OUT), help=f"output directory (default {QUICKSTART_OUT})")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     parser.add_argument("--input-size", type=int, default=96, help="model input side in pixels (default 96)")
     parser.add_argument("--limit", type=int, default=0, help="use at most N validation images (0: all)")
     parser.add_argument("--retrain", action="store_true", help="train again even if out/.../shelf_cnn.keras exists")
-    parser.add_argument("--profile", default="x86-kiosk-cpu",
-                        help="hardware profile to convert, check and bench for (default x86-kiosk-cpu)")
-    parser.add_argument("--teacher", help="a trained teacher's Keras bundle: ship a student distilled from it "
-                        f"(default: {DEFAULT_TEACHER} when it exists and fits the data)")
-    parser.add_argument("--small", action="store_true",
-                        help="use the small built-in CNN as the teacher even if a trained teacher exists")
+    parser.add_argument(
+        "--profile",
+        default="x86-kiosk-cpu",
+        help="hardware profile to convert, check and bench for (default x86-kiosk-cpu)",
+    )
+    parser.add_argument(
+        "--teacher",
+        help="a trained teacher's Keras bundle: ship a student distilled from it "
+        f"(default: {DEFAULT_TEACHER} when it exists and fits the data)",
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="use the small built-in CNN as the teacher even if a trained teacher exists",
+    )
     parser.epilog = "example: shelfedge quickstart --out out/quickstart"
 
 
@@ -57,18 +83,27 @@ def _dataset_root(args: argparse.Namespace, out: Path) -> tuple[Path, str]:
     root = default_data_root()
     if (root / "train.txt").is_file():
         return root, "shared"
-    from sdk import synthetic
-
     target = out / "synthetic-data"
     log(f"[data] {root} not found: generating a synthetic shelf-photo dataset in {target}")
     return synthetic.generate(target), "synthetic"
 
 
-def run(args: argparse.Namespace) -> int:
-    from converters.export.pipeline import export
-    from converters.models.small_cnn import SmallCnnConfig, preprocessing_for, train_small_cnn
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Shipped:
+    """The model quickstart ships: a student distilled from a trained teacher, or the small CNN."""
 
+    model: Any  # keras.Model (keras is imported lazily: it is the heavy optional backend)
+    name: str
+    preprocessing: Preprocessing
+    info: dict[str, Any]
+    teacher_path: Path | None
+
+
+def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    # Before any work: without the tf extra this raises the ImportError that cli.main turns into
+    # "install shelfedge[tf]" (keras is otherwise imported lazily, with the converters).
+    importlib.import_module("keras")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root, origin = _dataset_root(args, out)
@@ -76,58 +111,15 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         val = val.head(args.limit)
     log(f"[data] {root} ({origin}): {len(train)} train / {len(val)} val images, {len(train.class_names)} classes")
-
     profile = load_profile(args.profile)  # a bad profile fails before any training
-    import keras
-
-    teacher_path = _trained_teacher(args, train)
-    if teacher_path is not None:
-        from converters.training.distill import distill_for_convert
-
-        log(f"[teacher] {teacher_path} (trained): distilling the {STUDENT} student from it (cached after the first run)")
-        source = distill_for_convert(STUDENT, teacher_path, root, out / "students", tuple(profile.input_size), log=log)
-        model = keras.saving.load_model(source.model, compile=False)
-        name, preprocessing, model_info = source.name, source.preprocessing, {"path": str(source.model)}
-    else:
-        config = SmallCnnConfig(input_size=args.input_size, epochs=args.epochs)
-        model_path = out / "shelf_cnn.keras"
-        if model_path.is_file() and not args.retrain:
-            log(f"[train] reusing {model_path} (pass --retrain to train again)")
-            model = keras.saving.load_model(model_path, compile=False)
-        else:
-            log(f"[train] small CNN, {config.epochs} epochs, {config.input_size}px input")
-            t = time.perf_counter()
-            model = train_small_cnn(train, config, log=log)
-            model.save(model_path)
-            log(f"[train] done in {time.perf_counter() - t:.0f} s -> {model_path}")
-        name, preprocessing, model_info = "shelf_cnn", preprocessing_for(config), {"path": str(model_path)}
+    shipped = _model_to_ship(args, train, root, out, profile)
     (out / "labels.txt").write_text("\n".join(train.class_names) + "\n", encoding="utf-8")
-    model_info |= {"name": name, "params": int(model.count_params()), "input_size": list(preprocessing.size)}
-
-    log("[export] LiteRT, OpenVINO IR, ONNX and the Keras reference bundle")
-    bundles = export(model, out_dir=out / "bundles", name=name, labels=train.class_names,
-                     preprocessing=preprocessing, progress=lambda m: log(f"[export] {m}"))
-
-    reference = _run_bundle(bundles[ModelFormat.KERAS], Runtime.TENSORFLOW, val)
-    rows: list[dict[str, Any]] = []
-    for fmt, bundle in bundles.items():
-        for runtime in RUNTIMES_FOR_FORMAT[fmt]:
-            try:
-                result = reference if runtime is Runtime.TENSORFLOW else _run_bundle(bundle, runtime, val)
-            except BackendUnavailableError as e:
-                log(f"[compare] skipping {bundle.path.name} on {runtime.value}: {e}")
-                continue
-            rows.append(_row(bundle, runtime, result, reference, val))
+    bundles = _export(shipped, train, out)
+    reference, rows = _compare_runtimes(bundles, val)
     table = markdown_table(rows, COLUMNS)
-
     source_bundle = bundles[ModelFormat.KERAS]
-    teacher_bundle = Bundle.open(teacher_path) if teacher_path is not None else source_bundle
-    ref_top1 = float((reference["logits"].argmax(1) == np.asarray(val.labels)).mean())
-    teacher = {"bundle": str(teacher_bundle.path),
-               "summary": (f"trained teacher {teacher_bundle.path} -> distilled student {name}, "
-                           f"{model_info['params']:,} params, val top-1 {ref_top1:.3f}" if teacher_path is not None
-                           else f"small built-in CNN {name}, {model_info['params']:,} params, "
-                                f"val top-1 {ref_top1:.3f} (run `shelfedge teacher` for the real one)")}
+    teacher_bundle = Bundle.open(shipped.teacher_path) if shipped.teacher_path is not None else source_bundle
+    teacher = _teacher_summary(shipped, teacher_bundle, reference, val)
     converted = qp.convert_stage(source_bundle.path, profile, root, out)
     parity = qp.parity_stage(converted.chosen, source_bundle.path, val, profile)
     bench = qp.bench_stage(converted.chosen, teacher_bundle, profile, val, out)
@@ -135,9 +127,14 @@ def run(args: argparse.Namespace) -> int:
     pipeline_table = markdown_table(pipeline, ["stage", "result"])
     summary = {
         "schema_version": 1,
-        "data": {"root": str(root), "origin": origin, "train": len(train), "val": len(val),
-                 "classes": len(train.class_names)},
-        "model": model_info,
+        "data": {
+            "root": str(root),
+            "origin": origin,
+            "train": len(train),
+            "val": len(val),
+            "classes": len(train.class_names),
+        },
+        "model": shipped.info,
         "teacher": teacher,
         "reference": "tensorflow (Keras bundle) on " + reference["device"],
         "rows": rows,
@@ -153,23 +150,113 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     (out / "report.md").write_text(_markdown(summary, table, pipeline_table), encoding="utf-8")
-
-    def text() -> str:
-        host = summary["host"]
-        first = bundles[ModelFormat.TFLITE].path
-        return (
-            f"\nshelfedge quickstart: {len(val)} {origin} validation images through every runtime, "
-            f"compared with the TensorFlow reference ({summary['reference']})\n"
-            f"host: {host['cpu']}, {host['logical_cores']} logical cores\n\n{table}\n\n"
-            f"release check for {profile.id}:\n\n{pipeline_table}\n\n"
-            f"report: {out / 'report.md'} and {out / 'report.json'} ({summary['seconds']} s); "
-            f"convert, parity and bench reports under {out}/convert, {out}/bench\n"
-            f"next: shelfedge inspect {first}\n"
-            f"      shelfedge classify {first} {val.paths[0]}"
-        )
-
-    emit(args, summary, text)
+    first = bundles[ModelFormat.TFLITE].path
+    emit(args, summary, lambda: _text(summary, table, pipeline_table, out, first, val))
     return 0
+
+
+def _model_to_ship(
+    args: argparse.Namespace, train: ImageDataset, root: Path, out: Path, profile: HardwareProfile
+) -> _Shipped:
+    """A student distilled from the trained teacher when there is one, else the small CNN (trained or reused)."""
+    # Lazily: keras and the converters import TensorFlow, which every other command can do without.
+    import keras
+
+    from converters.models.small_cnn import SmallCnnConfig, preprocessing_for, train_small_cnn
+    from converters.training.distill import distill_for_convert
+
+    teacher_path = _trained_teacher(args, train)
+    if teacher_path is not None:
+        log(
+            f"[teacher] {teacher_path} (trained): distilling the {STUDENT} student from it (cached after the first run)"
+        )
+        source = distill_for_convert(STUDENT, teacher_path, root, out / "students", profile.input_size, log=log)
+        model = keras.saving.load_model(source.model, compile=False)
+        name, preprocessing, model_file = source.name, source.preprocessing, str(source.model)
+    else:
+        config = SmallCnnConfig(input_size=args.input_size, epochs=args.epochs)
+        path = out / "shelf_cnn.keras"
+        if path.is_file() and not args.retrain:
+            log(f"[train] reusing {path} (pass --retrain to train again)")
+            model = keras.saving.load_model(path, compile=False)
+        else:
+            log(f"[train] small CNN, {config.epochs} epochs, {config.input_size}px input")
+            t = time.perf_counter()
+            model = train_small_cnn(train, config, log=log)
+            model.save(path)
+            log(f"[train] done in {time.perf_counter() - t:.0f} s -> {path}")
+        name, preprocessing, model_file = "shelf_cnn", preprocessing_for(config), str(path)
+    info: dict[str, Any] = {
+        "path": model_file,
+        "name": name,
+        "params": int(model.count_params()),
+        "input_size": list(preprocessing.size),
+    }
+    return _Shipped(model=model, name=name, preprocessing=preprocessing, info=info, teacher_path=teacher_path)
+
+
+def _export(shipped: _Shipped, train: ImageDataset, out: Path) -> dict[ModelFormat, Bundle]:
+    from converters.export.pipeline import export  # lazily: it imports TensorFlow
+
+    log("[export] LiteRT, OpenVINO IR, ONNX and the Keras reference bundle")
+    return export(
+        shipped.model,
+        out_dir=out / "bundles",
+        name=shipped.name,
+        labels=train.class_names,
+        preprocessing=shipped.preprocessing,
+        progress=lambda m: log(f"[export] {m}"),
+    )
+
+
+def _compare_runtimes(
+    bundles: dict[ModelFormat, Bundle], val: ImageDataset
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The TensorFlow reference's outputs, and one row per bundle x runtime that can open it."""
+    reference = _run_bundle(bundles[ModelFormat.KERAS], Runtime.TENSORFLOW, val)
+    rows: list[dict[str, Any]] = []
+    for fmt, bundle in bundles.items():
+        for runtime in RUNTIMES_FOR_FORMAT[fmt]:
+            try:
+                result = reference if runtime is Runtime.TENSORFLOW else _run_bundle(bundle, runtime, val)
+            except BackendUnavailableError as e:
+                log(f"[compare] skipping {bundle.path.name} on {runtime.value}: {e}")
+                continue
+            rows.append(_row(bundle, runtime, result, reference, val))
+    return reference, rows
+
+
+def _teacher_summary(
+    shipped: _Shipped, teacher_bundle: Bundle, reference: dict[str, Any], val: ImageDataset
+) -> dict[str, str]:
+    ref_top1 = float((reference["logits"].argmax(1) == np.asarray(val.labels)).mean())
+    params = shipped.info["params"]
+    if shipped.teacher_path is not None:
+        summary = (
+            f"trained teacher {teacher_bundle.path} -> distilled student {shipped.name}, "
+            f"{params:,} params, val top-1 {ref_top1:.3f}"
+        )
+    else:
+        summary = (
+            f"small built-in CNN {shipped.name}, {params:,} params, "
+            f"val top-1 {ref_top1:.3f} (run `shelfedge teacher` for the real one)"
+        )
+    return {"bundle": str(teacher_bundle.path), "summary": summary}
+
+
+def _text(summary: dict[str, Any], table: str, pipeline_table: str, out: Path, first: Path, val: ImageDataset) -> str:
+    host = summary["host"]
+    origin = summary["data"]["origin"]
+    return (
+        f"\nshelfedge quickstart: {len(val)} {origin} validation images through every runtime, "
+        f"compared with the TensorFlow reference ({summary['reference']})\n"
+        f"host: {host['cpu']}, {host['logical_cores']} logical cores\n\n{table}\n\n"
+        f"release check for {summary['profile']}:\n\n{pipeline_table}\n\n"
+        f"report: {out / 'report.md'} and {out / 'report.json'} ({summary['seconds']} s); "
+        f"convert, parity and bench reports under {out}/convert, {out}/bench\n"
+        f"next: shelfedge inspect {first}\n"
+        f"      shelfedge classify {first} {val.paths[0]}"
+    )
 
 
 def _run_bundle(bundle: Bundle, runtime: Runtime, val: ImageDataset) -> dict[str, Any]:
@@ -200,8 +287,9 @@ def _run_bundle(bundle: Bundle, runtime: Runtime, val: ImageDataset) -> dict[str
     }
 
 
-def _row(bundle: Bundle, runtime: Runtime, result: dict[str, Any], reference: dict[str, Any],
-         val: ImageDataset) -> dict[str, Any]:
+def _row(
+    bundle: Bundle, runtime: Runtime, result: dict[str, Any], reference: dict[str, Any], val: ImageDataset
+) -> dict[str, Any]:
     logits, ref = result["logits"], reference["logits"]
     labels = np.asarray(val.labels)
     return {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli import emit, log
-from sdk.data import default_data_root, load_split
+from cli import data_dir, emit, log
+from sdk.data import load_split
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sdk.qa.parity_run import make_reference
 
-    dataset = load_split(args.data or default_data_root(), args.split)
+    dataset = load_split(data_dir(args.data), args.split)
     if args.limit:
         dataset = dataset.head(args.limit)
     ref = make_reference(args.model, dataset, Path(args.out), log=log)

@@ -12,8 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from cli import emit, log
-from sdk.data import default_data_root
+from cli import data_dir, emit, log
 from sdk.qa.tables import markdown_table
 
 HELP = "train or reuse the reference server model (EfficientNet-Lite fine-tuned on the Grocery photos)"
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     config = dataclasses.replace(TeacherConfig(), **overrides)
-    data = Path(args.data) if args.data else default_data_root()
+    data = data_dir(args.data)
     result = train_teacher(data, Path(args.out), config, log=log, force=args.force, threads=args.threads)
     row = {
         "variant": result.variant,
