@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import cli
-from sdk import synthetic
 from sdk.bundle import Bundle, write_bundle
 from sdk.enums import ModelFormat
 from sdk.errors import ConfigError
@@ -40,31 +39,11 @@ NPU_PROFILE = "intel-core-ultra-npu"  # strict fallback: skipped on a host witho
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import keras
-
-    from converters.export.pipeline import export
+def setup(shelf_data: Path, shelf_bundles: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from sdk.data import load_split
-    from sdk.manifest import Preprocessing
     from sdk.qa.parity_run import make_reference
 
-    data = synthetic.generate(tmp_path_factory.mktemp("data"), train_per_class=1, val_per_class=3, size=40)
-    keras.utils.set_random_seed(5)
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(inputs)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(6, name="logits")(x)
-    model = keras.Model(inputs, outputs)
-    pre = Preprocessing(size=(SIZE, SIZE), mean=(127.5,) * 3, std=(127.5,) * 3)
-    exported = export(
-        model,
-        out_dir=tmp_path_factory.mktemp("export"),
-        formats=["keras", "onnx", "openvino"],
-        name="tiny",
-        labels=load_split(data, "train").class_names,
-        preprocessing=pre,
-    )
+    data, exported = shelf_data, shelf_bundles
     # A convert-style tree: a profile folder with a variants folder, plus the server model.
     good = tmp_path_factory.mktemp("good")
     shutil.copytree(exported[ModelFormat.ONNX].path, good / "tiny-onnx-fp32")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from sdk import synthetic
 from sdk.bundle import Bundle, write_bundle
 from sdk.enums import ModelFormat
 
@@ -19,31 +18,8 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import keras
-
-    from converters.export.pipeline import export
-    from sdk.data import load_split
-    from sdk.manifest import Preprocessing
-
-    data = synthetic.generate(tmp_path_factory.mktemp("data"), train_per_class=2, val_per_class=3, size=40)
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(inputs)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(6, name="logits")(x)
-    model = keras.Model(inputs, outputs)
-    pre = Preprocessing(size=(SIZE, SIZE), mean=(127.5,) * 3, std=(127.5,) * 3)
-    bundles = export(
-        model,
-        out_dir=tmp_path_factory.mktemp("bundles"),
-        formats=["keras", "tflite", "onnx"],
-        name="tiny",
-        labels=load_split(data, "train").class_names,
-        preprocessing=pre,
-    )
-    return {"data": data, "bundles": bundles}
+def setup(shelf_data: Path, shelf_bundles: dict) -> dict:
+    return {"data": shelf_data, "bundles": shelf_bundles}
 
 
 def _parity(args: list[str]) -> tuple[int, dict]:
