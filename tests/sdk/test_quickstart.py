@@ -5,22 +5,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdk import synthetic
+import pytest
+
 from cli import main
+from sdk import synthetic
 
 
-def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(tmp_path: Path, capsys) -> None:
+def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in ("tensorflow", "keras", "tf2onnx", "openvino", "onnxruntime", "ai_edge_litert", "nncf"):
+        pytest.importorskip(module)
+    monkeypatch.setenv("SHELFEDGE_LOG_DIR", str(tmp_path / "logs"))
     data = synthetic.generate(tmp_path / "data", train_per_class=8, val_per_class=3, size=64)
     out = tmp_path / "out"
-    code = main(["quickstart", "--data", str(data), "--out", str(out), "--epochs", "1",
-                 "--input-size", "32", "--small", "--json"])
+    code = main(
+        [
+            "quickstart",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--small",
+            "--json",
+        ]
+    )
     assert code == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     report = json.loads((out / "report.json").read_text())
     assert printed["rows"] == report["rows"]
     runtimes = {(row["bundle"], row["runtime"]) for row in report["rows"]}
-    assert runtimes == {("tflite", "litert"), ("openvino", "openvino"), ("onnx", "onnxruntime"),
-                        ("onnx", "openvino"), ("keras", "tensorflow")}
+    assert runtimes == {
+        ("tflite", "litert"),
+        ("openvino", "openvino"),
+        ("onnx", "onnxruntime"),
+        ("onnx", "openvino"),
+        ("keras", "tensorflow"),
+    }
     for row in report["rows"]:
         assert row["top-1 agreement"] == 1.0
         assert row["max abs diff vs ref"] <= 1e-4
@@ -32,10 +58,22 @@ def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(tmp_path: Path
     assert chosen.is_dir() and chosen.parent == out / "convert" / "x86-kiosk-cpu"
     [parity] = report["parity"]
     assert parity["runtime"] == "openvino" and {c["tier"] for c in parity["verdict"]["checks"]} == {"task"} | (
-        {"tensor", "output"} if parity["precision"] != "int8" else {"output"})
+        {"tensor", "output"} if parity["precision"] != "int8" else {"output"}
+    )
     comparison = report["bench"]["comparison"]
     assert comparison["infer_p50_speedup"] > 0 and comparison["size_ratio"] > 0
     assert (out / "bench" / "bench.json").is_file() and (out / "convert" / "x86-kiosk-cpu" / "report.md").is_file()
-    assert [row["stage"] for row in report["pipeline"]] == ["teacher", "convert (x86-kiosk-cpu)",
-                                                              "parity vs fp32 source", report["pipeline"][3]["stage"]]
+    # The bench row names what was benched: the chosen bundle on the profile's runtime.
+    assert [row["stage"] for row in report["pipeline"]] == [
+        "teacher",
+        "convert (x86-kiosk-cpu)",
+        "parity vs fp32 source",
+        f"bench ({chosen.name} on openvino)",
+    ]
+    assert "x faster" in report["pipeline"][3]["result"]
     assert "Release check for x86-kiosk-cpu" in (out / "report.md").read_text()
+    # Other libraries' messages went to the log file, not to the terminal.
+    [log_file] = (tmp_path / "logs").glob("quickstart-*.log")
+    assert f"other libraries' messages: {log_file}" in captured.err
+    assert "INFO:nncf" not in captured.err and "INFO:nncf" not in captured.out
+    assert "[export]" in captured.err and "[quickstart] convert for x86-kiosk-cpu" in captured.err
