@@ -7,23 +7,23 @@ its result with lineage back to the fp32 bundle it was made from.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from converters.convert.plan import ConvertPlan
+from converters.export.package import Lineage, PackageSpec, bundle_dir_name, package
+from converters.export.source import SourceModel
 from converters.quantize import common as qc
 from converters.quantize import onnx as quantize_onnx
 from converters.quantize import openvino as quantize_openvino
 from converters.quantize import tflite as quantize_tflite
 from converters.quantize.calibration import CalibrationSet
-from converters.convert.plan import ConvertPlan
-from converters.export.package import bundle_dir_name, package
-from converters.export.source import SourceModel
+from converters.training.loop import Log
 from sdk.bundle import Bundle, sha256_file
 from sdk.enums import Device, ModelFormat, Precision
 from sdk.errors import ConfigError
 from sdk.manifest import MANIFEST_NAME, KeptInFloat, Step
-
-Log = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,33 +60,49 @@ class Candidate:
     def label(self) -> str:
         return f"{self.plan.format.value}-{self.precision.value}"
 
-    def build(self, *, work_dir: Path, out_dir: Path, calibration: CalibrationSet | None, eval_fn: qc.EvalFn,
-              fp32_accuracy: float, max_drop_pt: float, max_ignored: int, log: Log) -> Bundle:
+    def build(
+        self,
+        *,
+        work_dir: Path,
+        out_dir: Path,
+        calibration: CalibrationSet | None,
+        eval_fn: qc.EvalFn,
+        fp32_accuracy: float,
+        max_drop_pt: float,
+        max_ignored: int,
+        log: Log,
+    ) -> Bundle:
         """Quantize, then package next to the fp32 bundle with lineage and kept-in-float layers.
 
         Raises:
             ConfigError: calibration is missing or does not fit the model.
             ConversionError: the quantizer failed (names the step; cause chained).
         """
-        ctx = BuildContext(plan=self.plan, fp32=self.fp32, keras_source=self.keras_source, work_dir=work_dir,
-                           out_dir=out_dir, calibration=calibration, eval_fn=eval_fn, fp32_accuracy=fp32_accuracy,
-                           max_drop_pt=max_drop_pt, max_ignored=max_ignored, log=log)
+        ctx = BuildContext(
+            plan=self.plan,
+            fp32=self.fp32,
+            keras_source=self.keras_source,
+            work_dir=work_dir,
+            out_dir=out_dir,
+            calibration=calibration,
+            eval_fn=eval_fn,
+            fp32_accuracy=fp32_accuracy,
+            max_drop_pt=max_drop_pt,
+            max_ignored=max_ignored,
+            log=log,
+        )
         model_file, kept, step, root = self.builder(ctx, self.precision)
         m = self.fp32.manifest
         return package(
             model_file,
             out_dir=out_dir / bundle_dir_name(m.name, m.format, self.precision),
-            format=m.format,
-            precision=self.precision,
-            task=m.task,
-            output_kind=m.output_kind,
-            preprocessing=m.preprocessing,
-            labels=self.fp32.labels,
-            source=root,
-            steps=[*root.steps, step],
-            name=m.name,
-            parent=f"{self.fp32.path.name}@sha256:{sha256_file(self.fp32.path / MANIFEST_NAME)}",
-            kept_in_float=kept,
+            spec=PackageSpec.derived(self.fp32, self.precision),
+            lineage=Lineage(
+                source=root,
+                steps=(*root.steps, step),
+                parent=f"{self.fp32.path.name}@sha256:{sha256_file(self.fp32.path / MANIFEST_NAME)}",
+                kept_in_float=tuple(kept),
+            ),
             move=True,
         )
 
@@ -106,17 +122,25 @@ def make_candidates(plan: ConvertPlan, fp32: Bundle, keras_source: SourceModel |
             raise ConfigError(f"no converter step makes {plan.format.value} {precision.value}")
         if plan.format is ModelFormat.TFLITE and keras_source is None:
             raise ConfigError("LiteRT quantization converts from the Keras/SavedModel source; none was given")
-        candidates.append(Candidate(plan=plan, precision=precision, fp32=fp32, keras_source=keras_source,
-                                    builder=builder))
+        candidates.append(
+            Candidate(plan=plan, precision=precision, fp32=fp32, keras_source=keras_source, builder=builder)
+        )
     return candidates
 
 
 def _root_from_bundle(bundle: Bundle) -> SourceModel:
     """The fp32 bundle's own lineage as the root of a bundle quantized from its model file."""
     p = bundle.manifest.provenance
-    return SourceModel(kind=ModelFormat.KERAS, path=bundle.model_path, sha256=p.source_sha256,
-                       description=p.source, inputs=bundle.manifest.inputs, outputs=bundle.manifest.outputs,
-                       saved_model_dir=None, steps=tuple(p.steps))
+    return SourceModel(
+        kind=ModelFormat.KERAS,
+        path=bundle.model_path,
+        sha256=p.source_sha256,
+        description=p.source,
+        inputs=bundle.manifest.inputs,
+        outputs=bundle.manifest.outputs,
+        saved_model_dir=None,
+        steps=tuple(p.steps),
+    )
 
 
 def _keras_root(ctx: BuildContext) -> SourceModel:
@@ -134,31 +158,42 @@ def _tflite_plain(ctx: BuildContext, precision: Precision) -> tuple[Path, list[K
 def _tflite_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
     config = quantize_tflite.TFLiteQuantConfig(precision=Precision.INT8, io_dtype=ctx.plan.io_dtype)
     result = quantize_tflite.quantize_with_budget(
-        _keras_root(ctx), qc.require_calibration(ctx.calibration, "quantize_tflite"), ctx.eval_fn,
-        ctx.fp32_accuracy, max_drop=ctx.max_drop_pt, out_dir=ctx.work_dir, max_ignored=ctx.max_ignored,
-        config=config, log=ctx.log,
+        _keras_root(ctx),
+        qc.require_calibration(ctx.calibration, "quantize_tflite"),
+        ctx.eval_fn,
+        ctx.fp32_accuracy,
+        max_drop=ctx.max_drop_pt,
+        out_dir=ctx.work_dir,
+        max_ignored=ctx.max_ignored,
+        config=config,
+        log=ctx.log,
     )
     return result.model_path, list(result.kept_in_float), result.step, _keras_root(ctx)
 
 
 def _openvino_fp16(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
-    import time
-
     config = quantize_openvino.OpenVINOQuantConfig(precision=Precision.FP16)
     started = time.perf_counter()
     path, kept = quantize_openvino.run(ctx.fp32.model_path, config, ctx.work_dir, None)
-    step = qc.step_record(quantize_openvino.STEP_NAME, config, None, quantize_openvino.TOOLS,
-                          time.perf_counter() - started)
+    step = qc.step_record(
+        quantize_openvino.STEP_NAME, config, None, quantize_openvino.TOOLS, time.perf_counter() - started
+    )
     return path, kept, step, _root_from_bundle(ctx.fp32)
 
 
 def _openvino_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
-    # CPUs may lack VNNI (int16 saturation): 7-bit weights everywhere; GPU/NPU keep NNCF's default.
-    overflow_fix = "enable" if ctx.plan.profile.device is Device.CPU else "first_layer_only"
+    # CPUs without VNNI saturate int16 sums: auto gives them 7-bit weights (detected); GPU/NPU keep NNCF's default.
+    overflow_fix = "auto" if ctx.plan.profile.device is Device.CPU else "first_layer_only"
     result = quantize_openvino.quantize_with_budget(
-        ctx.fp32.model_path, qc.require_calibration(ctx.calibration, "quantize_openvino"), ctx.eval_fn,
-        ctx.fp32_accuracy, max_drop=ctx.max_drop_pt, out_dir=ctx.work_dir, max_ignored=ctx.max_ignored,
-        config=quantize_openvino.OpenVINOQuantConfig(overflow_fix=overflow_fix), log=ctx.log,
+        ctx.fp32.model_path,
+        qc.require_calibration(ctx.calibration, "quantize_openvino"),
+        ctx.eval_fn,
+        ctx.fp32_accuracy,
+        max_drop=ctx.max_drop_pt,
+        out_dir=ctx.work_dir,
+        max_ignored=ctx.max_ignored,
+        config=quantize_openvino.OpenVINOQuantConfig(overflow_fix=overflow_fix),
+        log=ctx.log,
     )
     return result.model_path, list(result.kept_in_float), result.step, _root_from_bundle(ctx.fp32)
 
@@ -166,11 +201,17 @@ def _openvino_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[
 def _onnx_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
     # 7-bit weights on CPUs (no-VNNI saturation). Measured on the AVX2 AMD EPYC, the Grocery
     # student: 0.760 val top-1 with 8-bit weights, 0.838 with reduce_range (fp32 0.855).
-    config = quantize_onnx.ONNXQuantConfig(reduce_range=ctx.plan.profile.device is Device.CPU)
+    config = quantize_onnx.ONNXQuantConfig(reduce_range="auto" if ctx.plan.profile.device is Device.CPU else False)
     result = quantize_onnx.quantize_with_budget(
-        ctx.fp32.model_path, qc.require_calibration(ctx.calibration, "quantize_onnx"), ctx.eval_fn,
-        ctx.fp32_accuracy, max_drop=ctx.max_drop_pt, out_dir=ctx.work_dir, max_ignored=ctx.max_ignored,
-        config=config, log=ctx.log,
+        ctx.fp32.model_path,
+        qc.require_calibration(ctx.calibration, "quantize_onnx"),
+        ctx.eval_fn,
+        ctx.fp32_accuracy,
+        max_drop=ctx.max_drop_pt,
+        out_dir=ctx.work_dir,
+        max_ignored=ctx.max_ignored,
+        config=config,
+        log=ctx.log,
     )
     return result.model_path, list(result.kept_in_float), result.step, _root_from_bundle(ctx.fp32)
 

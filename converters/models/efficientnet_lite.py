@@ -151,7 +151,7 @@ def block_specs(variant: str) -> tuple[BlockSpec, ...]:
         if stage_number in (0, last):
             repeats = stage.repeats
         else:
-            repeats = int(math.ceil(spec.depth * stage.repeats))
+            repeats = math.ceil(spec.depth * stage.repeats)
         filters_in = STEM_FILTERS if stage_number == 0 else round_filters(stage.filters_in, spec.width)
         filters_out = round_filters(stage.filters_out, spec.width)
         for repeat in range(repeats):
@@ -179,12 +179,16 @@ def check_droppable(variant: str, drop_blocks: Sequence[str]) -> frozenset[str]:
     for name in drop_blocks:
         block = blocks.get(name)
         if block is None:
-            raise ConfigError(f"drop_blocks: {name!r} is not a block of EfficientNet-{variant}; "
-                              f"residual blocks are {', '.join(b.name for b in blocks.values() if b.has_skip)}")
+            raise ConfigError(
+                f"drop_blocks: {name!r} is not a block of EfficientNet-{variant}; "
+                f"residual blocks are {', '.join(b.name for b in blocks.values() if b.has_skip)}"
+            )
         if not block.has_skip:
-            raise ConfigError(f"drop_blocks: {name!r} changes the shape (stride {block.stride}, "
-                              f"{block.filters_in} -> {block.filters_out} channels), so it has no identity skip "
-                              "and cannot be left out; drop a later block of the same stage")
+            raise ConfigError(
+                f"drop_blocks: {name!r} changes the shape (stride {block.stride}, "
+                f"{block.filters_in} -> {block.filters_out} channels), so it has no identity skip "
+                "and cannot be left out; drop a later block of the same stage"
+            )
     return frozenset(drop_blocks)
 
 
@@ -261,8 +265,13 @@ def build_efficientnet_lite(
     layers = keras.layers
     image = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
     x = layers.Conv2D(
-        STEM_FILTERS, 3, strides=2, padding="same", use_bias=False,
-        kernel_initializer=_CONV_INIT, name="stem_conv",
+        STEM_FILTERS,
+        3,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_CONV_INIT,
+        name="stem_conv",
     )(image)
     x = _batch_norm("stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_activation")(x)
@@ -273,9 +282,9 @@ def build_efficientnet_lite(
         if block.name not in dropped:
             x = _mbconv(x, block, drop_rate=drop_connect_rate * block.index / len(blocks))
 
-    x = layers.Conv2D(
-        HEAD_FILTERS, 1, padding="same", use_bias=False, kernel_initializer=_CONV_INIT, name="head_conv"
-    )(x)
+    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, kernel_initializer=_CONV_INIT, name="head_conv")(
+        x
+    )
     x = _batch_norm("head_bn")(x)
     x = layers.ReLU(6.0, name="head_activation")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -298,20 +307,32 @@ def _mbconv(inputs: Any, block: BlockSpec, *, drop_rate: float) -> Any:
     expanded = block.filters_in * block.expand_ratio
     if block.expand_ratio != 1:
         x = layers.Conv2D(
-            expanded, 1, padding="same", use_bias=False,
-            kernel_initializer=_CONV_INIT, name=f"{prefix}_expand_conv",
+            expanded,
+            1,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=_CONV_INIT,
+            name=f"{prefix}_expand_conv",
         )(x)
         x = _batch_norm(f"{prefix}_expand_bn")(x)
         x = layers.ReLU(6.0, name=f"{prefix}_expand_activation")(x)
     x = layers.DepthwiseConv2D(
-        block.kernel_size, strides=block.stride, padding="same", use_bias=False,
-        depthwise_initializer=_CONV_INIT, name=f"{prefix}_dwconv",
+        block.kernel_size,
+        strides=block.stride,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=_CONV_INIT,
+        name=f"{prefix}_dwconv",
     )(x)
     x = _batch_norm(f"{prefix}_bn")(x)
     x = layers.ReLU(6.0, name=f"{prefix}_activation")(x)
     x = layers.Conv2D(
-        block.filters_out, 1, padding="same", use_bias=False,
-        kernel_initializer=_CONV_INIT, name=f"{prefix}_project_conv",
+        block.filters_out,
+        1,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_CONV_INIT,
+        name=f"{prefix}_project_conv",
     )(x)
     # No activation after the projection: the bottleneck is linear (MobileNetV2).
     x = _batch_norm(f"{prefix}_project_bn")(x)

@@ -38,7 +38,7 @@ def preprocessing_for(config: SmallCnnConfig) -> Preprocessing:
     )
 
 
-def build_small_cnn(num_classes: int, config: SmallCnnConfig = SmallCnnConfig()) -> "keras.Model":  # noqa: F821
+def build_small_cnn(num_classes: int, config: SmallCnnConfig = SmallCnnConfig()) -> keras.Model:  # noqa: F821
     """Depthwise-separable CNN: stem, four separable blocks, global pooling, logits.
 
     BatchNorm momentum is 0.9 (not Keras' 0.99) because a quick run takes only tens of
@@ -83,7 +83,7 @@ def train_small_cnn(
     train: ImageDataset,
     config: SmallCnnConfig = SmallCnnConfig(),
     log: Callable[[str], None] = print,
-) -> "keras.Model":  # noqa: F821
+) -> keras.Model:  # noqa: F821
     """Train on ``train`` with flips/shifts/zoom augmentation; returns the inference model."""
     import keras
 
@@ -112,16 +112,17 @@ def train_small_cnn(
     class _Log(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
-            log(f"  epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', 0):.3f} "
-                f"train acc {logs.get('accuracy', 0):.3f}")
+            log(
+                f"  epoch {epoch + 1}/{config.epochs}: loss {logs.get('loss', 0):.3f} "
+                f"train acc {logs.get('accuracy', 0):.3f}"
+            )
 
-    trainer.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0,
-                callbacks=[_Log()])
+    trainer.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0, callbacks=[_Log()])
     _recalibrate_batchnorm(model, x, config.batch_size)
     return model
 
 
-def _recalibrate_batchnorm(model: "keras.Model", x: np.ndarray, batch_size: int, passes: int = 3) -> None:  # noqa: F821
+def _recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, passes: int = 3) -> None:  # noqa: F821
     """Re-estimate BatchNorm moving statistics on un-augmented data with the final weights.
 
     A short run ends with moving statistics that lag the weights (they average over

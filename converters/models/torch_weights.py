@@ -7,6 +7,7 @@ converted from Google's official TensorFlow checkpoints). PyTorch is needed only
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -175,7 +176,47 @@ def load_pretrained_weights(
     skipped = tuple(f"{module}." for layer, (module, _) in sources.items() if layer.split("_", 1)[0] in dropped)
     tensors = load_state_dict(variant) if state_dict is None else state_dict
     load_classifier = _wants_classifier(model, classifier, tensors)
+    match = _match(model, sources, tensors, load_classifier)
+    unused = sorted(
+        key
+        for key in tensors
+        if key not in match.used
+        and not key.startswith(skipped)
+        and (load_classifier or not key.startswith(f"{_CLASSIFIER_MODULE}."))
+    )
+    if match.missing or match.conflicts or unused:
+        raise ConversionError(
+            f"EfficientNet-{variant} weights do not fit model {model.name!r} one to one "
+            f"(was it built with build_efficientnet_lite({variant!r})?): "
+            + "; ".join(
+                _listing(title, items)
+                for title, items in (
+                    ("Keras weights without a source", match.missing),
+                    ("shape or reuse conflicts", match.conflicts),
+                    ("unused PyTorch tensors", unused),
+                )
+                if items
+            )
+        )
+    # Assign only once everything matched, so a failed load leaves the model untouched.
+    for variable, value in match.assignments:
+        variable.assign(np.ascontiguousarray(value))
 
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Match:
+    """Keras variables paired with PyTorch tensors, and what did not pair."""
+
+    assignments: list[tuple[Any, np.ndarray]]
+    used: set[str]
+    missing: list[str]
+    conflicts: list[str]
+
+
+def _match(
+    model: keras.Model, sources: dict[str, tuple[str, _Rule]], tensors: dict[str, np.ndarray], load_classifier: bool
+) -> _Match:
+    """Find each Keras weight's PyTorch tensor (transformed into the Keras layout); assign nothing yet."""
     assignments: list[tuple[Any, np.ndarray]] = []
     used: set[str] = set()
     missing: list[str] = []
@@ -203,29 +244,7 @@ def load_pretrained_weights(
             continue
         used.add(key)
         assignments.append((variable, value))
-
-    unused = sorted(
-        key for key in tensors
-        if key not in used and not key.startswith(skipped)
-        and (load_classifier or not key.startswith(f"{_CLASSIFIER_MODULE}."))
-    )
-    if missing or conflicts or unused:
-        raise ConversionError(
-            f"EfficientNet-{variant} weights do not fit model {model.name!r} one to one "
-            f"(was it built with build_efficientnet_lite({variant!r})?): "
-            + "; ".join(
-                _listing(title, items)
-                for title, items in (
-                    ("Keras weights without a source", missing),
-                    ("shape or reuse conflicts", conflicts),
-                    ("unused PyTorch tensors", unused),
-                )
-                if items
-            )
-        )
-    # Assign only once everything matched, so a failed load leaves the model untouched.
-    for variable, value in assignments:
-        variable.assign(np.ascontiguousarray(value))
+    return _Match(assignments=assignments, used=used, missing=missing, conflicts=conflicts)
 
 
 def _wants_classifier(model: keras.Model, classifier: bool | None, tensors: dict[str, np.ndarray]) -> bool:

@@ -31,6 +31,7 @@ from converters.models.efficientnet_lite import (
     preprocessing_for,
 )
 from converters.models.torch_weights import load_pretrained_weights, load_state_dict, weights_path
+from sdk.data import default_data_root, load_split
 from sdk.errors import BackendUnavailableError, ConfigError, InputError, ShelfedgeError
 
 # The port must reproduce PyTorch's logits to this absolute tolerance (float32 on CPU).
@@ -58,7 +59,7 @@ def compare_logits(keras_logits: np.ndarray, torch_logits: np.ndarray) -> PortCo
     diff = np.abs(keras_logits.astype(np.float64) - torch_logits.astype(np.float64))
     top5_k = np.argsort(-keras_logits, axis=1)[:, :5]
     top5_t = np.argsort(-torch_logits, axis=1)[:, :5]
-    overlap = [len(set(a) & set(b)) / 5 for a, b in zip(top5_k.tolist(), top5_t.tolist())]
+    overlap = [len(set(a) & set(b)) / 5 for a, b in zip(top5_k.tolist(), top5_t.tolist(), strict=False)]
     return PortComparison(
         count=len(keras_logits),
         max_abs_diff=float(diff.max()),
@@ -143,8 +144,13 @@ def _functional_forward(variant: str, state: dict[str, Any]) -> Callable[[Any], 
 
     def bn(x: Any, module: str) -> Any:
         return F.batch_norm(
-            x, state[f"{module}.running_mean"], state[f"{module}.running_var"],
-            state[f"{module}.weight"], state[f"{module}.bias"], training=False, eps=1e-3,
+            x,
+            state[f"{module}.running_mean"],
+            state[f"{module}.running_var"],
+            state[f"{module}.weight"],
+            state[f"{module}.bias"],
+            training=False,
+            eps=1e-3,
         )
 
     def relu6(x: Any) -> Any:
@@ -199,8 +205,6 @@ def real_images(data_root: Path, variant: str, count: int) -> tuple[np.ndarray, 
         ConfigError: the dataset directory exists but is malformed.
         InputError: a listed photo cannot be decoded.
     """
-    from sdk.data import load_split
-
     if count <= 0 or not (data_root / "val.txt").is_file():
         return np.zeros((0, 0, 0, 3), np.float32), []
     split = load_split(data_root, "val")
@@ -242,8 +246,10 @@ def verify_variant(
     state = load_state_dict(variant)
     load_pretrained_weights(model, variant, state_dict=state)
     t_load = time.perf_counter() - t0
-    print(f"[{variant}] built in {t_build:.1f} s, weights loaded in {t_load:.1f} s, "
-          f"{model.count_params():,} parameters (state dict: {sum(v.size for v in state.values()):,})")
+    print(
+        f"[{variant}] built in {t_build:.1f} s, weights loaded in {t_load:.1f} s, "
+        f"{model.count_params():,} parameters (state dict: {sum(v.size for v in state.values()):,})"
+    )
 
     forward, description = torch_reference(variant, kind=reference)
     print(f"[{variant}] PyTorch reference: {description}")
@@ -258,7 +264,10 @@ def verify_variant(
         print(f"[{variant}] no real images ({data_root}/val.txt not found): random inputs only")
 
     row: dict[str, Any] = {
-        "variant": variant, "params": model.count_params(), "build_s": t_build, "load_s": t_load,
+        "variant": variant,
+        "params": model.count_params(),
+        "build_s": t_build,
+        "load_s": t_load,
     }
     for kind, batch in batches.items():
         t0 = time.perf_counter()
@@ -268,22 +277,33 @@ def verify_variant(
         torch_logits = forward(batch)
         t_torch = time.perf_counter() - t0
         result = compare_logits(keras_logits, torch_logits)
-        print(f"[{variant}] {kind:6s} n={result.count}: max|diff| {result.max_abs_diff:.2e}  "
-              f"mean|diff| {result.mean_abs_diff:.2e}  top-1 agreement {result.top1_agreement:.0%}  "
-              f"top-5 overlap {result.top5_overlap:.0%}  (keras {t_keras:.1f} s, torch {t_torch:.1f} s)")
+        print(
+            f"[{variant}] {kind:6s} n={result.count}: max|diff| {result.max_abs_diff:.2e}  "
+            f"mean|diff| {result.mean_abs_diff:.2e}  top-1 agreement {result.top1_agreement:.0%}  "
+            f"top-5 overlap {result.top5_overlap:.0%}  (keras {t_keras:.1f} s, torch {t_torch:.1f} s)"
+        )
         row[f"{kind}_max_diff"] = result.max_abs_diff
         row[f"{kind}_top1"] = result.top1_agreement
         row["ok"] = row.get("ok", True) and result.within_tolerance
         if kind == "real":
             print(f"[{variant}] top-5 ImageNet classes for {paths[0].relative_to(data_root)}:")
-            for (ik, pk), (it, pt) in zip(_top5(keras_logits[0]), _top5(torch_logits[0])):
+            for (ik, pk), (it, pt) in zip(_top5(keras_logits[0]), _top5(torch_logits[0]), strict=False):
                 print(f"    keras {pk:6.1%} {_class_name(ik):32s} | torch {pt:6.1%} {_class_name(it)}")
     return row
 
 
 def _summary(rows: Sequence[dict[str, Any]]) -> str:
-    columns = ["variant", "params", "build_s", "load_s", "random_max_diff", "random_top1",
-               "real_max_diff", "real_top1", "ok"]
+    columns = [
+        "variant",
+        "params",
+        "build_s",
+        "load_s",
+        "random_max_diff",
+        "random_top1",
+        "real_max_diff",
+        "real_top1",
+        "ok",
+    ]
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -294,27 +314,36 @@ def _summary(rows: Sequence[dict[str, Any]]) -> str:
 
     table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    lines = ["  ".join(text.ljust(w) for text, w in zip(line, widths)) for line in table]
+    lines = ["  ".join(text.ljust(w) for text, w in zip(line, widths, strict=False)) for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 when every variant is within tolerance."""
-    from sdk.data import default_data_root
-
     parser = argparse.ArgumentParser(
         prog="python3 -m converters.models.verify_port", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS),
-                        help="variant to check; repeat for several (default: all)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=sorted(VARIANTS),
+        help="variant to check; repeat for several (default: all)",
+    )
     parser.add_argument("--random", type=int, default=4, help="random inputs per variant (default 4)")
-    parser.add_argument("--images", type=int, default=8,
-                        help="real validation photos per variant (default 8)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="Grocery Store dataset root (default: $SHELFEDGE_DATA or ../shared/data/grocery)")
-    parser.add_argument("--reference", choices=REFERENCES, default="auto",
-                        help="PyTorch reference: the package, the functional one, or auto (default)")
+    parser.add_argument("--images", type=int, default=8, help="real validation photos per variant (default 8)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="Grocery Store dataset root (default: $SHELFEDGE_DATA or ../shared/data/grocery)",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCES,
+        default="auto",
+        help="PyTorch reference: the package, the functional one, or auto (default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -322,10 +351,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     try:
         for variant in args.variant or sorted(VARIANTS):
-            rows.append(verify_variant(
-                variant, random_count=args.random, image_count=args.images,
-                data_root=data_root, seed=args.seed, reference=args.reference,
-            ))
+            rows.append(
+                verify_variant(
+                    variant,
+                    random_count=args.random,
+                    image_count=args.images,
+                    data_root=data_root,
+                    seed=args.seed,
+                    reference=args.reference,
+                )
+            )
     except ShelfedgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,128 +19,48 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from converters.models.efficientnet_lite import VARIANTS
+from converters.models.source import ModelSource
 from converters.training import distill_data as dd
-from converters.models.efficientnet_lite import VARIANTS, check_droppable
+from converters.training.distill_config import (
+    DEFAULT_CONFIG,
+    LABELS_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    SCHEMA_VERSION,
+    VAL_LOGITS_FILE,
+    DistillConfig,
+)
+from converters.training.distill_run import run
+from converters.training.loop import Log, format_seconds
 from converters.training.teacher_config import data_hash
-from converters.training.teacher_data import Augment, Log, format_seconds
+from converters.training.teacher_data import Augment
+from sdk.bundle import Bundle
 from sdk.data import load_split
-from sdk.errors import ConfigError
+from sdk.errors import BundleError, ConfigError, ManifestError
 
-if TYPE_CHECKING:
-    from converters.convert.pipeline import ModelSource
+__all__ = [
+    "LABELS_FILE",
+    "MODEL_FILE",
+    "REPORT_FILE",
+    "VAL_LOGITS_FILE",
+    "DistillConfig",
+    "DistillResult",
+    "ModelStats",
+    "distill",
+    "distill_for_convert",
+    "parse_student_spec",
+]
 
-__all__ = ["DistillConfig", "DistillResult", "ModelStats", "distill", "distill_for_convert", "parse_student_spec"]
-
-REPORT_FILE = "distill.json"
-MODEL_FILE = "student.keras"
-LABELS_FILE = "labels.txt"
-VAL_LOGITS_FILE = "val_logits.npy"
-SCHEMA_VERSION = 1
 _SPEC = re.compile(r"^(?:efficientnet[_-]?)?(lite[0-9])(?:@(\d+))?$", re.IGNORECASE)
 VALID_SPECS = "lite0, lite1, lite2 (or efficientnet_lite0, ...), optionally with an input size: lite0@160"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DistillConfig:
-    """Everything that decides a trained student (and so its config hash).
-
-    Attributes:
-        variant: the student's EfficientNet-Lite variant ('lite0', 'lite1', 'lite2').
-        input_size: the student's square input side. ``shelfedge convert`` passes the profile's
-            input size here unless the student spec names one (``lite0@160``).
-        drop_blocks: residual blocks of the variant left out (depth pruning): with the default
-            (6c and 6d, in the trained top) a Lite0 student has 2.55 M parameters instead of
-            3.52 M, so its int8 model is more than 4x smaller than the fp32 teacher.
-        kd: train on the teacher's soft targets too; False is the hard-label baseline.
-        temperature: softening of teacher and student distributions in the KD term.
-        alpha: weight of the KD term; ``1 - alpha`` weighs the hard-label cross-entropy.
-        label_smoothing: of the hard labels (both runs).
-        views: cached augmented views per training photo (view 0 un-augmented).
-        augment: how views are drawn; None takes the teacher's recipe (so its feature cache
-            can be reused), or :class:`Augment` defaults when the teacher's is unknown.
-        train_stages: top MBConv stages trained (with the head conv and classifier).
-        probe_epochs, probe_lr, probe_batch_size: classifier-only warm-up on pooled features.
-        epochs, lr, batch_size: fine-tuning of the top, one random view per photo per epoch.
-        weight_decay: AdamW decoupled weight decay (not on BatchNorm or biases).
-        bn_mode: 'frozen' keeps the trained top's BatchNorm at the ImageNet statistics (no
-            recalibration needed); 'train' trains it and recalibrates afterwards.
-        dropout: before the classifier; None is the variant's.
-        drop_connect_rate: stochastic depth of the last block.
-        pretrained: load the ImageNet backbone (False only for quick tests).
-        seed: of weights, views and batch order (the same for the KD student and its baseline).
-    """
-
-    variant: str = "lite0"
-    input_size: int = 160
-    drop_blocks: tuple[str, ...] = ("block6c", "block6d")
-    kd: bool = True
-    temperature: float = 4.0
-    alpha: float = 0.9
-    label_smoothing: float = 0.1
-    views: int = 4
-    augment: Augment | None = None
-    train_stages: int = 2
-    probe_epochs: int = 10
-    probe_lr: float = 3e-3
-    probe_batch_size: int = 256
-    # 6 epochs: the KD student and its baseline together fit in about 20 minutes on 2 shared CPU cores.
-    epochs: int = 6
-    lr: float = 1e-3
-    batch_size: int = 32
-    weight_decay: float = 0.05
-    bn_mode: str = "frozen"
-    dropout: float | None = None
-    drop_connect_rate: float = 0.2
-    pretrained: bool = True
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        pruned = "-no" + "".join(b.removeprefix("block") for b in self.drop_blocks) if self.drop_blocks else ""
-        return f"student-{self.variant}-{self.input_size}{pruned}-{'kd' if self.kd else 'nokd'}"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "drop_blocks", tuple(self.drop_blocks))
-
-    def validate(self) -> None:
-        """Raises: ConfigError naming the first bad value and its allowed range."""
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"DistillConfig.variant {self.variant!r} is not supported; "
-                              f"use one of {', '.join(VARIANTS)}")
-        try:
-            check_droppable(self.variant, self.drop_blocks)
-        except ConfigError as e:
-            raise ConfigError(f"DistillConfig.{e}") from e
-        checks = (
-            ("input_size", self.input_size >= 32, ">= 32"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("alpha", 0 < self.alpha <= 1 if self.kd else 0 <= self.alpha <= 1,
-             "in (0, 1] with kd=True (alpha 0 is the baseline: use kd=False)"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("views", self.views >= 1, ">= 1"),
-            ("train_stages", 0 <= self.train_stages <= 7, "in 0..7"),
-            ("epochs", self.epochs >= 0 and self.probe_epochs >= 0, ">= 0"),
-            ("lr", self.lr > 0 and self.probe_lr > 0, "> 0"),
-            ("batch_size", self.batch_size >= 1 and self.probe_batch_size >= 1, ">= 1"),
-            ("bn_mode", self.bn_mode in ("train", "frozen"), "'train' or 'frozen'"),
-        )
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"DistillConfig.{field} must be {allowed}; got {self!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -195,8 +115,14 @@ def parse_student_spec(spec: str) -> tuple[str, int | None]:
     return match.group(1).lower(), size
 
 
-def distill_for_convert(student_spec: str, teacher_bundle: Path, data_root: Path, out_dir: Path,
-                        input_size: tuple[int, int], log: Log = print) -> ModelSource:
+def distill_for_convert(
+    student_spec: str,
+    teacher_bundle: Path,
+    data_root: Path,
+    out_dir: Path,
+    input_size: tuple[int, int],
+    log: Log = print,
+) -> ModelSource:
     """The ``--distill-from`` hook of ``shelfedge convert``: distil (or reuse) a student, return it as the source.
 
     The student's input size is the one in ``student_spec`` (``lite0@160``) if given, else
@@ -208,21 +134,28 @@ def distill_for_convert(student_spec: str, teacher_bundle: Path, data_root: Path
         BundleError, ManifestError: the teacher bundle is unusable.
         BackendUnavailableError: PyTorch or the weight package is missing.
     """
-    from converters.convert.pipeline import ModelSource
-
     variant, size = parse_student_spec(student_spec)
     if size is None:
         height, width = (int(v) for v in input_size)
         if height != width:
-            raise ConfigError(f"the profile's input size {height}x{width} is not square; an EfficientNet-Lite student "
-                              f"is, so name its size in the student spec, e.g. {variant}@{min(height, width)}")
+            raise ConfigError(
+                f"the profile's input size {height}x{width} is not square; an EfficientNet-Lite student "
+                f"is, so name its size in the student spec, e.g. {variant}@{min(height, width)}"
+            )
         size = height
     result = distill(teacher_bundle, data_root, out_dir, DistillConfig(variant=variant, input_size=size), log)
     return ModelSource.from_bundle(result.bundle_path)
 
 
-def distill(teacher_bundle: str | Path, data_root: str | Path, out_dir: str | Path,
-            config: DistillConfig = DistillConfig(), log: Log = print, *, force: bool = False) -> DistillResult:
+def distill(
+    teacher_bundle: str | Path,
+    data_root: str | Path,
+    out_dir: str | Path,
+    config: DistillConfig = DEFAULT_CONFIG,
+    log: Log = print,
+    *,
+    force: bool = False,
+) -> DistillResult:
     """Train (or reuse) one student on the teacher's soft targets (or, with ``kd=False``, hard labels only).
 
     Args:
@@ -256,19 +189,26 @@ def distill(teacher_bundle: str | Path, data_root: str | Path, out_dir: str | Pa
     student_dir = out / config.name
     cached = None if force else _finished(student_dir, config_sha, teacher.sha256, data_sha)
     if cached is not None:
-        log(f"[distill] reusing {student_dir}: same config ({config_sha[:12]}), teacher ({teacher.sha256[:12]}) "
-            f"and data ({data_sha[:12]})")
+        log(
+            f"[distill] reusing {student_dir}: same config ({config_sha[:12]}), teacher ({teacher.sha256[:12]}) "
+            f"and data ({data_sha[:12]})"
+        )
         return _result(student_dir, config, cached, cached=True)
-    from converters.training.distill_run import run
-
     report = run(teacher, train, val, student_dir, out / "cache", config, data_sha, log)
-    report.update(config=config.to_dict(), config_hash=config_sha, teacher_sha256=teacher.sha256, data_hash=data_sha,
-                  schema_version=SCHEMA_VERSION,
-                  created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    report.update(
+        config=config.to_dict(),
+        config_hash=config_sha,
+        teacher_sha256=teacher.sha256,
+        data_hash=data_sha,
+        schema_version=SCHEMA_VERSION,
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
     (student_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    log(f"[distill] {config.name}: val top-1 {_pct(report['student']['val_top1'])} "
+    log(
+        f"[distill] {config.name}: val top-1 {_pct(report['student']['val_top1'])} "
         f"(teacher {_pct(report['teacher']['val_top1'])}) in {format_seconds(report['student']['train_seconds'])}; "
-        f"wrote {student_dir / REPORT_FILE}")
+        f"wrote {student_dir / REPORT_FILE}"
+    )
     return _result(student_dir, config, report, cached=False)
 
 
@@ -277,13 +217,13 @@ def _pct(value: float | None) -> str:
 
 
 def _finished(student_dir: Path, config_sha: str, teacher_sha: str, data_sha: str) -> dict[str, Any] | None:
-    from sdk.bundle import Bundle
-    from sdk.errors import BundleError, ManifestError
-
     try:
         report = json.loads((student_dir / REPORT_FILE).read_text(encoding="utf-8"))
-        same = (report.get("config_hash"), report.get("teacher_sha256"), report.get("data_hash")) == \
-            (config_sha, teacher_sha, data_sha)
+        same = (report.get("config_hash"), report.get("teacher_sha256"), report.get("data_hash")) == (
+            config_sha,
+            teacher_sha,
+            data_sha,
+        )
         if not same or not (student_dir / MODEL_FILE).is_file() or not (student_dir / VAL_LOGITS_FILE).is_file():
             return None
         Bundle.open(student_dir / report["bundle"])
@@ -298,10 +238,17 @@ def _result(student_dir: Path, config: DistillConfig, report: dict[str, Any], *,
         return ModelStats(**{f.name: data.get(f.name) for f in dataclasses.fields(ModelStats)})
 
     return DistillResult(
-        name=config.name, config=config, student_dir=student_dir, model_path=student_dir / MODEL_FILE,
-        bundle_path=student_dir / report["bundle"], report_path=student_dir / REPORT_FILE,
-        student=stats(report["student"]), teacher=stats(report["teacher"]),
-        teacher_agreement=report["student"].get("teacher_agreement"), cached=cached,
-        config_hash=report["config_hash"], teacher_sha256=report["teacher_sha256"], data_hash=report["data_hash"],
+        name=config.name,
+        config=config,
+        student_dir=student_dir,
+        model_path=student_dir / MODEL_FILE,
+        bundle_path=student_dir / report["bundle"],
+        report_path=student_dir / REPORT_FILE,
+        student=stats(report["student"]),
+        teacher=stats(report["teacher"]),
+        teacher_agreement=report["student"].get("teacher_agreement"),
+        cached=cached,
+        config_hash=report["config_hash"],
+        teacher_sha256=report["teacher_sha256"],
+        data_hash=report["data_hash"],
     )
-

@@ -18,13 +18,23 @@ from typing import Any
 import numpy as np
 
 from converters.training.distill import DistillConfig, DistillResult, ModelStats, distill
-from converters.training.teacher_data import Log
+from converters.training.distill_config import DEFAULT_CONFIG
+from converters.training.loop import Log
 from sdk.data import load_split
 from sdk.qa.tables import markdown_table
 from sdk.versions import host_info
 
-COLUMNS = ["model", "input", "params", "MMACs", "val top-1", "val top-5", "agrees w/ teacher", "train minutes",
-           "cached"]
+COLUMNS = [
+    "model",
+    "input",
+    "params",
+    "MMACs",
+    "val top-1",
+    "val top-5",
+    "agrees w/ teacher",
+    "train minutes",
+    "cached",
+]
 REPORT_JSON = "comparison.json"
 REPORT_MD = "comparison.md"
 
@@ -54,34 +64,53 @@ class Comparison:
         p = self.paired
         sign = "+" if p["delta_top1_pt"] >= 0 else ""
         sign5 = "+" if p["delta_top5_pt"] >= 0 else ""
-        text = (f"KD vs no KD: {sign}{p['delta_top1_pt']:.1f} pt val top-1 ({p['kd_only_correct']} photos right only "
-                f"with KD, {p['baseline_only_correct']} only without; exact McNemar p = {p['mcnemar_p']:.3f}, "
-                f"{self.val_images} photos)")
+        text = (
+            f"KD vs no KD: {sign}{p['delta_top1_pt']:.1f} pt val top-1 ({p['kd_only_correct']} photos right only "
+            f"with KD, {p['baseline_only_correct']} only without; exact McNemar p = {p['mcnemar_p']:.3f}, "
+            f"{self.val_images} photos)"
+        )
         if p["delta_top1_pt"] > 0 and p["mcnemar_p"] < 0.05:
             text += ": KD earns its place in top-1."
         elif p["delta_top1_pt"] > 0:
             text += ": KD is ahead in top-1, but not significantly on this val set."
         else:
             text += ": KD does not beat the baseline in top-1 here."
-        return (text + f" Top-5: {sign5}{p['delta_top5_pt']:.1f} pt (McNemar p = {p['top5_mcnemar_p']:.3f}); "
-                f"val NLL {p['nll_kd']:.3f} with KD vs {p['nll_baseline']:.3f} without.")
+        return (
+            text + f" Top-5: {sign5}{p['delta_top5_pt']:.1f} pt (McNemar p = {p['top5_mcnemar_p']:.3f}); "
+            f"val NLL {p['nll_kd']:.3f} with KD vs {p['nll_baseline']:.3f} without."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def result(r: DistillResult | None) -> dict[str, Any] | None:
             if r is None:
                 return None
-            return {**dataclasses.asdict(r.student), "teacher_agreement": r.teacher_agreement, "cached": r.cached,
-                    "bundle": str(r.bundle_path), "report": str(r.report_path), "config": r.config.to_dict()}
+            return {
+                **dataclasses.asdict(r.student),
+                "teacher_agreement": r.teacher_agreement,
+                "cached": r.cached,
+                "bundle": str(r.bundle_path),
+                "report": str(r.report_path),
+                "config": r.config.to_dict(),
+            }
 
-        return {"teacher": dataclasses.asdict(self.teacher), "kd": result(self.kd), "baseline": result(self.baseline),
-                "kd_vs_baseline": self.paired, "verdict": self.verdict(), "val_images": self.val_images,
-                "rows": self.rows(), "host": host_info()}
+        return {
+            "teacher": dataclasses.asdict(self.teacher),
+            "kd": result(self.kd),
+            "baseline": result(self.baseline),
+            "kd_vs_baseline": self.paired,
+            "verdict": self.verdict(),
+            "val_images": self.val_images,
+            "rows": self.rows(),
+            "host": host_info(),
+        }
 
     def to_markdown(self) -> str:
-        return (f"# Distillation: teacher vs student\n\nVal top-1/top-5 of each Keras bundle through sdk.qa.evaluation "
-                f"on {self.val_images} val photos; MACs counted from the Conv/Dense layers at each input size; "
-                f"agreement = same top-1 as the teacher. Host: {host_info().get('cpu')}.\n\n"
-                f"{markdown_table(self.rows(), COLUMNS)}\n\n{self.verdict()}\n")
+        return (
+            f"# Distillation: teacher vs student\n\nVal top-1/top-5 of each Keras bundle through sdk.qa.evaluation "
+            f"on {self.val_images} val photos; MACs counted from the Conv/Dense layers at each input size; "
+            f"agreement = same top-1 as the teacher. Host: {host_info().get('cpu')}.\n\n"
+            f"{markdown_table(self.rows(), COLUMNS)}\n\n{self.verdict()}\n"
+        )
 
 
 def _row(model: str, s: ModelStats, agreement: float | None, cached: bool | None) -> dict[str, Any]:
@@ -113,9 +142,12 @@ def paired_stats(kd_logits: np.ndarray, base_logits: np.ndarray, labels: np.ndar
     for k, prefix in ((1, ""), (5, "top5_")):
         kd_right, base_right = _in_top_k(kd_logits, labels, k), _in_top_k(base_logits, labels, k)
         kd_only, base_only = int((kd_right & ~base_right).sum()), int((base_right & ~kd_right).sum())
-        stats |= {f"delta_top{k}_pt": round(float(100.0 * (kd_right.mean() - base_right.mean())), 2),
-                  f"{prefix}kd_only_correct": kd_only, f"{prefix}baseline_only_correct": base_only,
-                  f"{prefix}mcnemar_p": round(mcnemar_exact(kd_only, base_only), 4)}
+        stats |= {
+            f"delta_top{k}_pt": round(float(100.0 * (kd_right.mean() - base_right.mean())), 2),
+            f"{prefix}kd_only_correct": kd_only,
+            f"{prefix}baseline_only_correct": base_only,
+            f"{prefix}mcnemar_p": round(mcnemar_exact(kd_only, base_only), 4),
+        }
     # Negative log-likelihood: soft targets are expected to show in calibration before top-1.
     stats |= {"nll_kd": round(_nll(kd_logits, labels), 4), "nll_baseline": round(_nll(base_logits, labels), 4)}
     return stats
@@ -132,9 +164,16 @@ def _nll(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
-def compare(teacher_bundle: str | Path, data_root: str | Path, out_dir: str | Path,
-            config: DistillConfig = DistillConfig(), *, baseline: bool = True, log: Log = print,
-            force: bool = False) -> Comparison:
+def compare(
+    teacher_bundle: str | Path,
+    data_root: str | Path,
+    out_dir: str | Path,
+    config: DistillConfig = DEFAULT_CONFIG,
+    *,
+    baseline: bool = True,
+    log: Log = print,
+    force: bool = False,
+) -> Comparison:
     """Distil the student with KD and (unless ``baseline=False``) without; write ``comparison.json`` / ``.md``.
 
     Raises:

@@ -25,17 +25,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from converters.models.efficientnet_lite import MEAN_RGB, STD_RGB
-from converters.training.teacher_data import Augment, Log, cache_key, extract_features
+from converters.training.loop import Log
+from converters.training.teacher_data import Augment, cache_key, extract_features, view_batches
 from converters.training.teacher_train import inference_fn, predict
 from sdk.bundle import Bundle, sha256_tree
+from sdk.data import ImageDataset
 from sdk.enums import ColorOrder, ModelFormat, Task
 from sdk.errors import ConfigError
 from sdk.manifest import Preprocessing
+from sdk.qa.evaluation import evaluate
 
 if TYPE_CHECKING:
     import keras
-
-    from sdk.data import ImageDataset
 
 # The teacher's report and model file names (converters.training.teacher writes them next to bundles/).
 TEACHER_REPORT = "teacher.json"
@@ -85,8 +86,10 @@ def open_teacher(path: str | Path, class_names: Sequence[str]) -> Teacher:
         )
     classes = m.outputs[0].shape[-1]
     if classes != len(class_names):
-        raise ConfigError(f"{bundle.path}: the teacher has {classes} outputs but the dataset has {len(class_names)} "
-                          "classes; distil on the dataset the teacher was trained on")
+        raise ConfigError(
+            f"{bundle.path}: the teacher has {classes} outputs but the dataset has {len(class_names)} "
+            "classes; distil on the dataset the teacher was trained on"
+        )
     sha = sha256_tree(bundle.model_path)
     report, report_dir = None, bundle.path.parent.parent
     try:
@@ -97,8 +100,13 @@ def open_teacher(path: str | Path, class_names: Sequence[str]) -> Teacher:
             report = candidate
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return Teacher(bundle=bundle, preprocessing=m.preprocessing, sha256=sha, report=report,
-                   report_dir=report_dir if report is not None else None)
+    return Teacher(
+        bundle=bundle,
+        preprocessing=m.preprocessing,
+        sha256=sha,
+        report=report,
+        report_dir=report_dir if report is not None else None,
+    )
 
 
 def load_teacher_model(teacher: Teacher) -> keras.Model:
@@ -112,8 +120,10 @@ def load_teacher_model(teacher: Teacher) -> keras.Model:
     try:
         return keras.saving.load_model(teacher.bundle.model_path, compile=False)
     except (ValueError, OSError, TypeError) as e:
-        raise ConfigError(f"{teacher.bundle.model_path}: cannot load the teacher with Keras ({e}); "
-                          "re-export the teacher bundle with formats=['keras']") from e
+        raise ConfigError(
+            f"{teacher.bundle.model_path}: cannot load the teacher with Keras ({e}); "
+            "re-export the teacher bundle with formats=['keras']"
+        ) from e
 
 
 def student_preprocessing(teacher: Preprocessing, size: int) -> Preprocessing:
@@ -123,9 +133,15 @@ def student_preprocessing(teacher: Preprocessing, size: int) -> Preprocessing:
     student input show the same part of the photo; RGB and ``(x - 127) / 128`` are what the
     student's ImageNet backbone was trained with.
     """
-    return Preprocessing(size=(size, size), color_order=ColorOrder.RGB, resize_mode=teacher.resize_mode,
-                         crop_fraction=teacher.crop_fraction, interpolation=teacher.interpolation,
-                         mean=MEAN_RGB, std=STD_RGB)
+    return Preprocessing(
+        size=(size, size),
+        color_order=ColorOrder.RGB,
+        resize_mode=teacher.resize_mode,
+        crop_fraction=teacher.crop_fraction,
+        interpolation=teacher.interpolation,
+        mean=MEAN_RGB,
+        std=STD_RGB,
+    )
 
 
 def teacher_logits(
@@ -147,22 +163,52 @@ def teacher_logits(
     """
     started = time.perf_counter()
     classes = int(model.output_shape[-1])
-    key = cache_key({"teacher": teacher.sha256, "data": data_sha, "seed": seed, "augment": dataclasses.asdict(augment),
-                     "preprocessing": teacher.preprocessing.to_dict()})
+    key = cache_key(
+        {
+            "teacher": teacher.sha256,
+            "data": data_sha,
+            "seed": seed,
+            "augment": dataclasses.asdict(augment),
+            "preprocessing": teacher.preprocessing.to_dict(),
+        }
+    )
     prefix = cache_dir / f"teacher-logits-{key}"
     from_top = _logits_from_teacher_cache(teacher, model, images, views, seed, augment, data_sha, prefix, log)
     full = inference_fn(model)
-    logits = extract_features(full, images, teacher.preprocessing, views=views, seed=seed, config=augment,
-                              batch_size=_BATCH, feature_shape=(classes,), cache_prefix=prefix, log=log,
-                              label="teacher logits")
+    logits = extract_features(
+        full,
+        images,
+        teacher.preprocessing,
+        views=views,
+        seed=seed,
+        config=augment,
+        batch_size=_BATCH,
+        feature_shape=(classes,),
+        cache_prefix=prefix,
+        log=log,
+        label="teacher logits",
+    )
     seconds = time.perf_counter() - started
-    info = {"views_from_teacher_feature_cache": from_top, "views": views, "seconds": round(seconds, 1),
-            "cache": str(prefix) + "-view*.npy"}
+    info = {
+        "views_from_teacher_feature_cache": from_top,
+        "views": views,
+        "seconds": round(seconds, 1),
+        "cache": str(prefix) + "-view*.npy",
+    }
     return logits, info
 
 
-def _logits_from_teacher_cache(teacher: Teacher, model: keras.Model, images: Sequence[np.ndarray], views: int,
-                               seed: int, augment: Augment, data_sha: str, prefix: Path, log: Log) -> int:
+def _logits_from_teacher_cache(
+    teacher: Teacher,
+    model: keras.Model,
+    images: Sequence[np.ndarray],
+    views: int,
+    seed: int,
+    augment: Augment,
+    data_sha: str,
+    prefix: Path,
+    log: Log,
+) -> int:
     """Fill our logits cache from the teacher's frozen-feature cache where possible; how many views came from it."""
     import keras
 
@@ -172,12 +218,22 @@ def _logits_from_teacher_cache(teacher: Teacher, model: keras.Model, images: Seq
     try:
         config, cut = report["config"], report["frozen_up_to"]
         if config["seed"] != seed or teacher.augment() != augment or report["data_hash"] != data_sha:
-            log("[distill] the teacher's feature cache holds other views (seed/augmentation/data); "
-                "running the full teacher")
+            log(
+                "[distill] the teacher's feature cache holds other views (seed/augmentation/data); "
+                "running the full teacher"
+            )
             return 0
-        key = cache_key({"variant": config["variant"], "size": config["input_size"], "cut": cut,
-                         "augment": config["augment"], "seed": config["seed"], "data": data_sha,
-                         "preprocessing": report["preprocessing"]})
+        key = cache_key(
+            {
+                "variant": config["variant"],
+                "size": config["input_size"],
+                "cut": cut,
+                "augment": config["augment"],
+                "seed": config["seed"],
+                "data": data_sha,
+                "preprocessing": report["preprocessing"],
+            }
+        )
         base = keras.Model(model.input, model.get_layer(cut).output)
         top = keras.Model(model.get_layer(cut).output, model.output)
     except (KeyError, TypeError, ValueError) as e:
@@ -210,11 +266,17 @@ def _logits_from_teacher_cache(teacher: Teacher, model: keras.Model, images: Seq
     return used
 
 
-def _same_as_full(full_fn: Any, logits: np.ndarray, images: Sequence[np.ndarray], view: int, seed: int,
-                  augment: Augment, pre: Preprocessing, count: int = 4) -> bool:
+def _same_as_full(
+    full_fn: Any,
+    logits: np.ndarray,
+    images: Sequence[np.ndarray],
+    view: int,
+    seed: int,
+    augment: Augment,
+    pre: Preprocessing,
+    count: int = 4,
+) -> bool:
     """The top on cached features agrees with the whole teacher on freshly drawn views of a few photos."""
-    from converters.training.teacher_data import view_batches
-
     batch = next(view_batches(list(images[:count]), pre, view=view, seed=seed, config=augment, batch_size=count))
     fresh = np.asarray(full_fn(batch))
     return bool(np.abs(fresh - logits[: len(fresh)]).max() <= _CACHE_CHECK_TOLERANCE * max(1.0, np.abs(fresh).max()))
@@ -235,13 +297,16 @@ def count_macs(model: keras.Model) -> int:
         if isinstance(layer, keras.Model):
             total += count_macs(layer)
             continue
-        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
-                                  keras.layers.Dense)):
+        if not isinstance(
+            layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D, keras.layers.Dense)
+        ):
             continue
         in_shape, out_shape = tuple(layer.input.shape), tuple(layer.output.shape)
         if any(d is None for d in (*in_shape[1:], *out_shape[1:])):
-            raise ConfigError(f"count_macs: layer {layer.name!r} has a dynamic shape {in_shape} -> {out_shape}; "
-                              "build the model with a fixed input size")
+            raise ConfigError(
+                f"count_macs: layer {layer.name!r} has a dynamic shape {in_shape} -> {out_shape}; "
+                "build the model with a fixed input size"
+            )
         out_positions = int(np.prod(out_shape[1:-1], dtype=np.int64))  # H*W for convs, 1 for a 2-D Dense
         in_channels = int(in_shape[-1])
         if isinstance(layer, keras.layers.Dense):
@@ -259,8 +324,7 @@ def count_macs(model: keras.Model) -> int:
     return int(total)
 
 
-def teacher_evaluation(teacher: Teacher, val: ImageDataset, data_sha: str, cache_dir: Path,
-                       log: Log) -> dict[str, Any]:
+def teacher_evaluation(teacher: Teacher, val: ImageDataset, data_sha: str, cache_dir: Path, log: Log) -> dict[str, Any]:
     """The teacher bundle's val logits through :func:`sdk.qa.evaluation.evaluate` (cached per teacher and data).
 
     Returns:
@@ -275,8 +339,6 @@ def teacher_evaluation(teacher: Teacher, val: ImageDataset, data_sha: str, cache
             return {**summary, "logits": logits}
     except (OSError, ValueError):
         pass
-    from sdk.qa.evaluation import evaluate
-
     log(f"[distill] evaluating the teacher {teacher.bundle.path} on {len(val)} val photos through sdk.load")
     ev = evaluate(teacher.bundle, val)
     summary = {"top1": ev.top1, "top5": ev.top5, "ran": ev.ran.to_dict(), "seconds": round(ev.seconds, 1)}

