@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from sdk.classifier import ImageClassifier
 from cli import emit
+from sdk.classifier import ClassifierOptions, ImageClassifier
 from sdk.qa.tables import markdown_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle directory")
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--runtime", help="litert | openvino | onnxruntime | tensorflow (default: the profile's, else the format's)")
+    parser.add_argument(
+        "--runtime", help="litert | openvino | onnxruntime | tensorflow (default: the profile's, else the format's)"
+    )
     parser.add_argument("--device", help="CPU | GPU | NPU | TPU | AUTO (default: the profile's, else CPU)")
     parser.add_argument("--profile", help="hardware profile id or YAML path")
     parser.add_argument("--fallback", choices=["strict", "record"], help="override the profile's fallback policy")
@@ -25,15 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with ImageClassifier.from_bundle(
-        args.bundle,
+    options = ClassifierOptions(
         profile=args.profile,
         runtime=args.runtime,
         device=args.device,
         fallback=args.fallback,
         threads=args.threads,
-    ) as classifier:
-        results = [(image, classifier.classify(image, top_k=args.top_k)) for image in args.images]
+        top_k=args.top_k,
+    )
+    with ImageClassifier.create(args.bundle, options) as classifier:
+        results = [(image, classifier.classify(image)) for image in args.images]
         info = classifier.info
     payload = {
         "bundle": args.bundle,

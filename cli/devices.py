@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from cli import emit
-from sdk.runtime import available_runtimes
 from sdk.qa.tables import markdown_table
+from sdk.runtime import available_runtimes
 from sdk.versions import host_info
 
 
@@ -16,10 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     runtimes = available_runtimes()
+    host = host_info()
+    gpu_present = _gpu_present(runtimes)
     payload = {
-        "host": host_info(),
+        "host": host,
         "runtimes": {r.value: info for r, info in runtimes.items()},
-        "gpu_present": _gpu_present(runtimes),
+        "gpu_present": gpu_present,
     }
 
     def text() -> str:
@@ -35,10 +37,9 @@ def run(args: argparse.Namespace) -> int:
                     "note": None if info["available"] else f"pip install 'shelfedge[{info['extra']}]'",
                 }
             )
-        host = payload["host"]
         return (
             f"host: {host['cpu']} ({host['logical_cores']} logical cores), {host['os']}\n"
-            f"GPU present: {'yes' if payload['gpu_present'] else 'no'}\n\n" + markdown_table(rows)
+            f"GPU present: {'yes' if gpu_present else 'no'}\n\n" + markdown_table(rows)
         )
 
     emit(args, payload, text)

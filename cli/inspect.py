@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sdk.bundle import Bundle
 from cli import emit
+from sdk.bundle import Bundle
 from sdk.qa.tables import markdown_table
 
 
@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
                 "shape": "x".join("N" if d == -1 else str(d) for d in t.shape),
                 "dtype": t.dtype,
                 "layout": t.layout.value,
-                "quantization": (f"scale={t.quantization.scale:.6g} zp={t.quantization.zero_point}"
-                                 if t.quantization else None),
+                "quantization": (
+                    f"scale={t.quantization.scale:.6g} zp={t.quantization.zero_point}" if t.quantization else None
+                ),
             }
             for io, group in (("input", m.inputs), ("output", m.outputs))
             for t in group
@@ -37,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
         steps = [{"step": s.name, "seconds": s.seconds, "config": s.config} for s in m.provenance.steps]
         return "\n".join(
             [
-                f"bundle {bundle.path}: all {len(m.files)} file hashes verified, "
-                f"{bundle.size_bytes() / 1e6:.2f} MB",
+                f"bundle {bundle.path}: all {len(m.files)} file hashes verified, {bundle.size_bytes() / 1e6:.2f} MB",
                 f"name {m.name} | task {m.task.value} | format {m.format.value} | precision "
                 f"{m.precision.value} | {len(bundle.labels)} labels | schema v{m.schema_version}",
                 "",

@@ -12,17 +12,26 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from sdk.qa.bench import BenchConfig, bench_bundle
-from sdk.qa.bench_report import bench_document, summary_table, write_report
-from sdk.bundle import Bundle
 from cli import log
+from sdk.bundle import Bundle
 from sdk.data import ImageDataset
 from sdk.enums import RUNTIMES_FOR_FORMAT
 from sdk.profiles import Budgets, HardwareProfile
+from sdk.qa.bench import BenchConfig, bench_bundle
+from sdk.qa.bench_report import bench_document, summary_table, write_report
 
 # Long enough for a usable median on a 2-core machine, short enough for a first run.
-BENCH = BenchConfig(warmup=5, repeats=100, min_time_s=1.0, batch_sizes=(1, 4), throughput_time_s=0.5,
-                    e2e_repeats=30, cold_start_runs=1, async_throughput=False, bare_loop=False)
+BENCH = BenchConfig(
+    warmup=5,
+    repeats=100,
+    min_time_s=1.0,
+    batch_sizes=(1, 4),
+    throughput_time_s=0.5,
+    e2e_repeats=30,
+    cold_start_runs=1,
+    async_throughput=False,
+    bare_loop=False,
+)
 
 
 def convert_stage(source_bundle: Path, profile: HardwareProfile, data_root: Path, out: Path) -> Any:
@@ -31,8 +40,14 @@ def convert_stage(source_bundle: Path, profile: HardwareProfile, data_root: Path
     from converters.convert.plan import plan
 
     log(f"[quickstart] convert for {profile.id}")
-    return convert(ModelSource.from_bundle(source_bundle), plan(profile), data_root, out / "convert",
-                   ConvertConfig(), log=lambda m: log(f"[convert] {m}"))
+    return convert(
+        ModelSource.from_bundle(source_bundle),
+        plan(profile),
+        data_root,
+        out / "convert",
+        ConvertConfig(),
+        log=lambda m: log(f"[convert] {m}"),
+    )
 
 
 def parity_stage(bundle: Bundle, reference_bundle: Path, val: ImageDataset, profile: HardwareProfile) -> list[Any]:
@@ -44,28 +59,39 @@ def parity_stage(bundle: Bundle, reference_bundle: Path, val: ImageDataset, prof
     return run_parity([bundle.path], reference, val, profile=profile, log=log)
 
 
-def bench_stage(bundle: Bundle, teacher: Bundle, profile: HardwareProfile, val: ImageDataset,
-                out: Path) -> tuple[Any, Any, Any]:
+def bench_stage(
+    bundle: Bundle, teacher: Bundle, profile: HardwareProfile, val: ImageDataset, out: Path
+) -> tuple[Any, Any, Any]:
     """Bench the chosen bundle (profile runtime, budgets) and the teacher (TF reference) in one run."""
     images = tuple(val.paths[:16])
     config = dataclasses.replace(BENCH, images=images)
     say = lambda m: log(f"[bench]   {m}")  # noqa: E731
     log(f"[quickstart] bench {bundle.path.name} on {profile.runtime.value} and the teacher on tensorflow")
     teacher_profile = dataclasses.replace(profile, budgets=Budgets())  # the teacher is not meant to fit the device
-    baseline = bench_bundle(teacher, RUNTIMES_FOR_FORMAT[teacher.manifest.format][0], profile=teacher_profile,
-                            config=config, progress=say)
+    baseline = bench_bundle(
+        teacher, RUNTIMES_FOR_FORMAT[teacher.manifest.format][0], profile=teacher_profile, config=config, progress=say
+    )
     result = bench_bundle(bundle, profile=profile, config=config, progress=say)
     comparison = result.compare_to(baseline)
-    document = bench_document([baseline, result], config=config,
-                              images={"origin": "val", "source": str(val.root), "count": len(images)},
-                              baseline=baseline, comparisons=[None, comparison])
+    document = bench_document(
+        [baseline, result],
+        config=config,
+        images={"origin": "val", "source": str(val.root), "count": len(images)},
+        baseline=baseline,
+        comparisons=[None, comparison],
+    )
     write_report(out / "bench", document, [baseline, result], [None, comparison], baseline=baseline, log=log)
     log(summary_table([baseline, result], [None, comparison], baseline))
     return result, baseline, comparison
 
 
-def summary_rows(teacher: dict[str, Any], convert_report: Any, parity: list[Any], bench: tuple[Any, Any, Any],
-                 profile: HardwareProfile) -> list[dict[str, str]]:
+def summary_rows(
+    teacher: dict[str, Any],
+    convert_report: Any,
+    parity: list[Any],
+    bench: tuple[Any, Any, Any],
+    profile: HardwareProfile,
+) -> list[dict[str, str]]:
     """The short end-of-run summary: one line per stage."""
     chosen = next(v for v in convert_report.variants if v.chosen)
     result, baseline, comparison = bench
@@ -74,20 +100,32 @@ def summary_rows(teacher: dict[str, Any], convert_report: Any, parity: list[Any]
     budgets = [c for c in result.budgets if c.passed is not None]
     return [
         {"stage": "teacher", "result": teacher["summary"]},
-        {"stage": f"convert ({profile.id})",
-         "result": f"chose {chosen.precision.value} {chosen.bundle.manifest.format.value}: "
-                   f"{chosen.bundle.size_bytes() / 1e6:.3f} MB, val top-1 {chosen.evaluation.top1:.3f} "
-                   f"({-chosen.drop_pt:+.2f} pt vs fp32, budget {convert_report.plan.max_drop_pt:g} pt)"},
-        {"stage": "parity vs fp32 source",
-         "result": f"{'; '.join(verdicts)} (top-1 agreement {task.get('top1_agreement', float('nan')):.3f}, "
-                   f"accuracy {100 * task.get('accuracy_ratio', float('nan')):.1f} % of the source)"},
-        {"stage": f"bench ({result.label})",
-         "result": f"infer p50 {result.inference.p50_ms:.2f} ms vs teacher {baseline.inference.p50_ms:.2f} ms "
-                   f"({comparison.infer_p50_speedup:.1f}x faster), "
-                   + (f"end to end p50 {result.end_to_end.latency.p50_ms:.2f} ms "
-                      f"({comparison.e2e_p50_speedup:.1f}x), " if result.end_to_end and comparison.e2e_p50_speedup
-                      else "")
-                   + f"{1 / comparison.size_ratio:.1f}x smaller; budgets "
-                   + ("pass" if all(c.passed for c in budgets) else
-                      "FAIL " + ", ".join(c.budget for c in budgets if not c.passed))},
+        {
+            "stage": f"convert ({profile.id})",
+            "result": f"chose {chosen.precision.value} {chosen.bundle.manifest.format.value}: "
+            f"{chosen.bundle.size_bytes() / 1e6:.3f} MB ({chosen.size_vs_fp32:.2f}x the fp32 bundle of that format), "
+            f"val top-1 {chosen.evaluation.top1:.3f} "
+            f"({-chosen.drop_pt:+.2f} pt vs fp32, budget {convert_report.plan.max_drop_pt:g} pt)",
+        },
+        {
+            "stage": "parity vs fp32 source",
+            "result": f"{'; '.join(verdicts)} (top-1 agreement {task.get('top1_agreement', float('nan')):.3f}, "
+            f"accuracy {100 * task.get('accuracy_ratio', float('nan')):.1f} % of the source)",
+        },
+        {
+            "stage": f"bench ({result.label})",
+            "result": f"infer p50 {result.inference.p50_ms:.2f} ms vs teacher {baseline.inference.p50_ms:.2f} ms "
+            f"({comparison.infer_p50_speedup:.1f}x faster), "
+            + (
+                f"end to end p50 {result.end_to_end.latency.p50_ms:.2f} ms ({comparison.e2e_p50_speedup:.1f}x), "
+                if result.end_to_end and comparison.e2e_p50_speedup
+                else ""
+            )
+            + "budgets "
+            + (
+                "pass"
+                if all(c.passed for c in budgets)
+                else "FAIL " + ", ".join(c.budget for c in budgets if not c.passed)
+            ),
+        },
     ]

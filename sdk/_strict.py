@@ -40,7 +40,7 @@ class StrictReader:
             return default
         return self._convert(key, self._data[key], convert)
 
-    def child(self, key: str, required: bool = True) -> "StrictReader | None":
+    def child(self, key: str, required: bool = True) -> StrictReader | None:
         if key not in self._data or self._data[key] is None:
             if required:
                 raise self.fail(f"missing required key {key!r}")

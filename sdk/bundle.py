@@ -49,7 +49,7 @@ class Bundle:
         return sum((self.path / name).stat().st_size for name in self.manifest.files)
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+    def open(cls, path: str | Path, verify: bool = True) -> Bundle:
         """Open a bundle directory and check it.
 
         Args:

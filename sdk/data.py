@@ -34,16 +34,16 @@ class ImageDataset:
         return len(self.paths)
 
     def __iter__(self) -> Iterator[tuple[Path, int]]:
-        return iter(zip(self.paths, self.labels))
+        return iter(zip(self.paths, self.labels, strict=True))
 
-    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+    def subset(self, indices: Sequence[int]) -> ImageDataset:
         return dataclasses.replace(
             self,
             paths=tuple(self.paths[i] for i in indices),
             labels=tuple(self.labels[i] for i in indices),
         )
 
-    def balanced(self, per_class: int, seed: int = 0) -> "ImageDataset":
+    def balanced(self, per_class: int, seed: int = 0) -> ImageDataset:
         """Up to ``per_class`` items of every class, drawn reproducibly, in a stable order."""
         rng = np.random.default_rng(seed)
         labels = np.asarray(self.labels)
@@ -54,7 +54,7 @@ class ImageDataset:
             chosen.extend(sorted(rng.choice(members, size=take, replace=False).tolist()))
         return self.subset(sorted(chosen))
 
-    def head(self, n: int) -> "ImageDataset":
+    def head(self, n: int) -> ImageDataset:
         return self.subset(range(min(n, len(self))))
 
 
@@ -82,7 +82,8 @@ def load_split(root: str | Path, split: str = "val", level: str = "fine") -> Ima
     if not split_file.is_file():
         raise ConfigError(
             f"{root}: no {split}.txt; point --data at a Grocery Store style dataset "
-            f"(see ../shared/data/README.md) or run 'shelfedge quickstart' to generate one"
+            "(<split>.txt with 'path, fine_id, coarse_id' lines, and classes.csv), "
+            "or run 'shelfedge quickstart', which generates a synthetic one"
         )
     if level not in ("fine", "coarse"):
         raise ConfigError(f"level must be 'fine' or 'coarse', got {level!r}")
@@ -102,9 +103,7 @@ def load_split(root: str | Path, split: str = "val", level: str = "fine") -> Ima
             raise ConfigError(f"{split_file}:{number}: class id {label} is not in classes.csv")
         paths.append(root / parts[0])
         labels.append(label)
-    return ImageDataset(
-        root=root, split=split, paths=tuple(paths), labels=tuple(labels), class_names=class_names
-    )
+    return ImageDataset(root=root, split=split, paths=tuple(paths), labels=tuple(labels), class_names=class_names)
 
 
 def _class_names(path: Path, level: str) -> tuple[str, ...]:

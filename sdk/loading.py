@@ -94,7 +94,7 @@ class Model:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(

@@ -78,7 +78,7 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_reader(cls, r: StrictReader) -> "Preprocessing":
+    def from_reader(cls, r: StrictReader) -> Preprocessing:
         """Parse strictly.
 
         Raises:
@@ -205,7 +205,7 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, data: object, where: str = MANIFEST_NAME) -> "Manifest":
+    def from_dict(cls, data: object, where: str = MANIFEST_NAME) -> Manifest:
         """Parse a manifest strictly.
 
         Raises:
@@ -252,7 +252,7 @@ class Manifest:
         return manifest
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         """Read and parse ``manifest.json``.
 
         Raises:
@@ -271,7 +271,7 @@ class Manifest:
             raise ManifestError(f"{path}: not valid JSON ({e}); the bundle is corrupted, re-export it") from e
         return cls.from_dict(data, where=str(path))
 
-    def with_changes(self, **changes: Any) -> "Manifest":
+    def with_changes(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)
 
 

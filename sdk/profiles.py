@@ -221,7 +221,8 @@ def _dataclass_from(r: StrictReader, cls: type) -> Any:
 
 def _parity(r: StrictReader) -> dict[Precision, ParityTolerance]:
     result = {}
-    for key in r.keys():
+    keys = r.keys()  # a StrictReader's keys, not a dict's
+    for key in keys:
         try:
             precision = Precision.parse(key, "parity precision")
         except ValueError as e:

@@ -25,8 +25,9 @@ _PRODUCTS: tuple[tuple[str, tuple[int, int, int], str], ...] = (
 )
 
 
-def generate(root: str | Path, *, train_per_class: int = 40, val_per_class: int = 10,
-             size: int = 160, seed: int = 0) -> Path:
+def generate(
+    root: str | Path, *, train_per_class: int = 40, val_per_class: int = 10, size: int = 160, seed: int = 0
+) -> Path:
     """Write the dataset under ``root`` (train/, val/, train.txt, val.txt, classes.csv).
 
     Re-running with the same arguments reproduces the same files; an existing complete
@@ -50,8 +51,16 @@ def generate(root: str | Path, *, train_per_class: int = 40, val_per_class: int 
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with open(root / "classes.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["Class Name (str)", "Class ID (int)", "Coarse Class Name (str)",
-                         "Coarse Class ID (int)", "Iconic Image Path (str)", "Product Description Path (str)"])
+        writer.writerow(
+            [
+                "Class Name (str)",
+                "Class ID (int)",
+                "Coarse Class Name (str)",
+                "Coarse Class ID (int)",
+                "Iconic Image Path (str)",
+                "Product Description Path (str)",
+            ]
+        )
         for label, (name, _, _) in enumerate(_PRODUCTS):
             writer.writerow([name, label, name, label, "", ""])
     return root

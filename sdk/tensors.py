@@ -49,9 +49,7 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(
-                f"tensor {self.name!r} has dtype {self.dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}"
-            )
+            raise ValueError(f"tensor {self.name!r} has dtype {self.dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
 
     def with_batch(self, batch: int) -> tuple[int, ...]:
         """The concrete shape for a batch of ``batch`` (dynamic dims other than batch stay -1)."""
@@ -87,11 +85,9 @@ def check_feed(specs: Sequence[TensorSpec], feed: Mapping[str, np.ndarray], wher
     for spec in specs:
         array = feed[spec.name]
         if not isinstance(array, np.ndarray):
-            raise InputError(
-                f"{where}: input {spec.name!r} is a {type(array).__name__}, expected a numpy array"
-            )
+            raise InputError(f"{where}: input {spec.name!r} is a {type(array).__name__}, expected a numpy array")
         if array.ndim != len(spec.shape) or any(
-            want not in (-1, got) for want, got in zip(spec.shape, array.shape)
+            want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
         ):
             raise InputError(
                 f"{where}: input {spec.name!r} has shape {tuple(array.shape)}, the model expects "
