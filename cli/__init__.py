@@ -60,6 +60,7 @@ def version_text() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``shelfedge`` parser: ``--version``, and one sub-command per :data:`COMMANDS` entry."""
     parser = argparse.ArgumentParser(
         prog="shelfedge",
         description="Edge deployment SDK for retail AI: export, run and compare models on edge runtimes.",
