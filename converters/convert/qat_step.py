@@ -17,6 +17,7 @@ from converters.export.source import load_source
 from converters.models.source import ModelSource
 from converters.quantize import common as qc
 from converters.quantize.calibration import CalibrationSet
+from converters.quantize.cpu import host_cpu
 from converters.training import qat
 from converters.training.loop import Log
 from sdk.bundle import Bundle, sha256_file, write_bundle
@@ -59,8 +60,10 @@ def qat_candidate(
     if model_path is None or model_path.suffix != ".keras":
         log("[qat] skipped: quantization-aware fine-tuning needs a .keras source model")
         return None
-    # OpenVINO and ONNX Runtime on CPU keep weights in 7 bits (overflow fix, reduce_range): train for those.
-    bits = 7 if plan.format in (ModelFormat.OPENVINO, ModelFormat.ONNX) and plan.profile.device is Device.CPU else 8
+    # OpenVINO and ONNX Runtime on a CPU without VNNI keep weights in 7 bits ("auto" overflow fix and
+    # reduce_range resolve the same way on this host): train for the bits the PTQ that follows will use.
+    seven = plan.format in (ModelFormat.OPENVINO, ModelFormat.ONNX) and plan.profile.device is Device.CPU
+    bits = 7 if seven and host_cpu().needs_seven_bit_weights else 8
     qat_config = qat.QATConfig(
         epochs=config.qat_epochs, per_class=config.qat_per_class, weight_bits=bits, seed=config.seed
     )
