@@ -29,6 +29,10 @@ _terminal: list[TextIO] = []
 # default data is absent: the other commands fall back to it.
 QUICKSTART_OUT = Path("out") / "quickstart"
 QUICKSTART_DATA = QUICKSTART_OUT / "synthetic-data"
+DATA_HELP = (
+    "Grocery Store style dataset (default: $SHELFEDGE_DATA, else ../shared/data/grocery, else the "
+    "synthetic one shelfedge quickstart generated in out/quickstart/synthetic-data)"
+)
 
 # Top-level module of an optional backend -> the setup.py extra that installs it. Only these
 # ImportErrors become "install the extra" errors; any other one is a bug and stays a traceback.

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from cli import data_dir, emit, log
+from cli._common import DATA_HELP
 from sdk.data import load_split
 from sdk.qa.evaluation import evaluate
 from sdk.qa.tables import markdown_table
@@ -13,9 +14,7 @@ from sdk.qa.tables import markdown_table
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", nargs="+", help="bundle directories")
-    parser.add_argument(
-        "--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)"
-    )
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--split", default="val", help="split to evaluate (default val)")
     parser.add_argument("--runtime", help="runtime to use (default: the profile's, else the format's)")
     parser.add_argument("--device", help="device (default: the profile's, else CPU)")

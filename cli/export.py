@@ -17,14 +17,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory for the bundles (one sub-directory each)")
     parser.add_argument("--labels", required=True, help="text file, one class label per line, in output order")
     parser.add_argument("--name", help="bundle name prefix (default: the model file's stem)")
-    parser.add_argument("--formats", default="tflite,openvino,onnx,keras",
-                        help="comma-separated: tflite,openvino,onnx,keras (default: all)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True,
-                        help="model input height and width")
-    parser.add_argument("--mean", type=float, nargs=3, default=(127.5, 127.5, 127.5),
-                        help="per-channel mean in 0..255 pixel units (default 127.5 x3)")
-    parser.add_argument("--std", type=float, nargs=3, default=(127.5, 127.5, 127.5),
-                        help="per-channel std in 0..255 pixel units (default 127.5 x3)")
+    parser.add_argument(
+        "--formats",
+        default="tflite,openvino,onnx,keras",
+        help="comma-separated: tflite,openvino,onnx,keras (default: all)",
+    )
+    parser.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), required=True, help="model input height and width"
+    )
+    parser.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        default=(127.5, 127.5, 127.5),
+        help="per-channel mean in 0..255 pixel units (default 127.5 x3)",
+    )
+    parser.add_argument(
+        "--std",
+        type=float,
+        nargs=3,
+        default=(127.5, 127.5, 127.5),
+        help="per-channel std in 0..255 pixel units (default 127.5 x3)",
+    )
     parser.add_argument("--color-order", default="RGB", choices=["RGB", "BGR"])
     parser.add_argument("--resize-mode", default="shorter_side_crop", choices=["shorter_side_crop", "stretch"])
     parser.add_argument("--crop-fraction", type=float, default=0.875)
@@ -72,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         }
         for fmt, b in bundles.items()
     ]
-    emit(args, {"bundles": {f.value: str(b.path) for f, b in bundles.items()}, "rows": rows},
-         lambda: markdown_table(rows))
+    emit(
+        args,
+        {"bundles": {f.value: str(b.path) for f, b in bundles.items()}, "rows": rows},
+        lambda: markdown_table(rows),
+    )
     return 0

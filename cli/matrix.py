@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from cli import data_dir, emit, log
+from cli._common import DATA_HELP
 from sdk.data import load_split
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.profiles import load_profile
@@ -47,9 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="a saved reference directory (shelfedge reference) or the server model's Keras bundle",
     )
-    parser.add_argument(
-        "--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)"
-    )
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=0, help="first N images when computing the reference now")
     parser.add_argument(

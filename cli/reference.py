@@ -6,14 +6,13 @@ import argparse
 from pathlib import Path
 
 from cli import data_dir, emit, log
+from cli._common import DATA_HELP
 from sdk.data import load_split
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the server model's Keras reference bundle")
-    parser.add_argument(
-        "--data", help="Grocery Store style dataset (default: $SHELFEDGE_DATA or ../shared/data/grocery)"
-    )
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--out", required=True, help="reference directory to write (npz + json)")

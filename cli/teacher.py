@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import data_dir, emit, log
+from cli._common import DATA_HELP
 from sdk.qa.tables import markdown_table
 
 HELP = "train or reuse the reference server model (EfficientNet-Lite fine-tuned on the Grocery photos)"
@@ -20,11 +21,11 @@ COLUMNS = ["variant", "input size", "params", "val top-1", "val top-5", "train m
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="Grocery Store style dataset "
-                        "(default: $SHELFEDGE_DATA or ../shared/data/grocery)")
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--out", default="out/teacher", help="output directory (default out/teacher)")
-    parser.add_argument("--variant", choices=["lite0", "lite1", "lite2"],
-                        help="EfficientNet-Lite variant (default lite0)")
+    parser.add_argument(
+        "--variant", choices=["lite0", "lite1", "lite2"], help="EfficientNet-Lite variant (default lite0)"
+    )
     parser.add_argument("--input-size", type=int, help="input side in pixels (default: the variant's own)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs over the cached features")
     parser.add_argument("--views", type=int, help="cached views per training photo (view 0 un-augmented)")
@@ -75,4 +76,3 @@ def run(args: argparse.Namespace) -> int:
 
     emit(args, payload, text)
     return 0
-

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from sdk import preprocess as pp
-from sdk.preprocess import decode as pp_decode
 from sdk.enums import ColorOrder, Interpolation, Layout, ResizeMode
 from sdk.errors import ConfigError, InputError
 from sdk.manifest import Preprocessing
+from sdk.preprocess import decode as pp_decode
 from sdk.tensors import Quantization, TensorSpec, check_feed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,8 +57,12 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def _spec(shape: tuple[int, ...], dtype: str = "float32", layout: Layout = Layout.NHWC,
-          quantization: Quantization | None = None) -> TensorSpec:
+def _spec(
+    shape: tuple[int, ...],
+    dtype: str = "float32",
+    layout: Layout = Layout.NHWC,
+    quantization: Quantization | None = None,
+) -> TensorSpec:
     return TensorSpec(name="image", shape=shape, dtype=dtype, layout=layout, quantization=quantization)
 
 
@@ -133,9 +137,7 @@ def test_decode_image_succeeds_with_bgr_and_rgb_arrays_alike(photo_bgr: np.ndarr
     ("ext", "params"),
     [(".bmp", ()), (".tiff", ()), (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)), (".ppm", ())],
 )
-def test_decode_image_succeeds_with_lossless_formats(
-    ext: str, params: tuple[int, ...], photo_bgr: np.ndarray
-) -> None:
+def test_decode_image_succeeds_with_lossless_formats(ext: str, params: tuple[int, ...], photo_bgr: np.ndarray) -> None:
     np.testing.assert_array_equal(pp.decode_image(_encode(ext, photo_bgr, params)), photo_bgr[:, :, ::-1])
 
 
@@ -150,7 +152,7 @@ def test_decode_image_succeeds_without_opencv_rgb_decoding(
     # OpenCV < 4.11 has no IMREAD_COLOR_RGB: decoding BGR and converting gives the same pixels.
     expected = [pp.decode_image(jpeg_file), pp.decode_image(png_file)]
     monkeypatch.setattr(pp_decode, "_IMREAD_RGB", None)
-    for path, pixels in zip((jpeg_file, png_file), expected):
+    for path, pixels in zip((jpeg_file, png_file), expected, strict=True):
         np.testing.assert_array_equal(pp.decode_image(path), pixels)
 
 
@@ -306,9 +308,7 @@ def test_decode_image_fails_with_huge_jpeg_too_large_even_at_one_eighth(
         pp.decode_image(huge_jpeg, max_pixels=1_000_000)
 
 
-def test_decode_image_fails_with_huge_png_before_decoding(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_decode_image_fails_with_huge_png_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A structurally valid PNG whose header claims 20000x20000 RGB (1.2 GB decoded): it must
     # be refused from the header alone. PNG has no reduced decode in OpenCV.
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
@@ -321,8 +321,11 @@ def test_decode_image_fails_with_huge_png_before_decoding(
     path = tmp_path / "bomb.png"
     path.write_bytes(data)
     _refuse_decoding(monkeypatch)
-    with pytest.raises(InputError, match=r"bomb\.png: the PNG image is 20000x20000 \(400,000,000 pixels\), "
-                                         r"more than max_pixels=50,000,000; downscale the image first"):
+    with pytest.raises(
+        InputError,
+        match=r"bomb\.png: the PNG image is 20000x20000 \(400,000,000 pixels\), "
+        r"more than max_pixels=50,000,000; downscale the image first",
+    ):
         pp.decode_image(path)
 
 
@@ -509,9 +512,7 @@ def test_preprocess_succeeds_with_bgr_color_order(photo_bgr: np.ndarray) -> None
         ("int16", Quantization(scale=1 / 1000, zero_point=5), [-995, -493, 9, 1005]),
     ],
 )
-def test_preprocess_succeeds_with_quantized_input(
-    dtype: str, quantization: Quantization, expected: list[int]
-) -> None:
+def test_preprocess_succeeds_with_quantized_input(dtype: str, quantization: Quantization, expected: list[int]) -> None:
     levels = np.array([0, 64, 128, 255], np.uint8)
     image = np.repeat(levels[None, :, None], 3, axis=2)  # 1x4 grey
     pre = Preprocessing(size=(1, 4), resize_mode=ResizeMode.STRETCH, mean=(127.5,) * 3, std=(127.5,) * 3)
@@ -571,9 +572,7 @@ def test_preprocess_succeeds_with_nchw_as_nhwc_transposed(
 
 
 def test_preprocess_succeeds_with_grey_model_using_first_mean_std(photo_bgr: np.ndarray) -> None:
-    pre = Preprocessing(
-        size=(24, 24), resize_mode=ResizeMode.STRETCH, mean=(100.0, 0.0, 0.0), std=(50.0, 1.0, 1.0)
-    )
+    pre = Preprocessing(size=(24, 24), resize_mode=ResizeMode.STRETCH, mean=(100.0, 0.0, 0.0), std=(50.0, 1.0, 1.0))
     tensor = pp.preprocess(photo_bgr[:, :, ::-1], pre, _spec((1, 24, 24, 1)))
     resized = cv2.resize(photo_bgr, (24, 24), interpolation=cv2.INTER_LINEAR_EXACT)
     grey = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)
@@ -677,9 +676,7 @@ def test_preprocess_succeeds_with_stretch_and_interpolation_followed_exactly(
     ],
     ids=["layout-any", "rank-2", "size", "channels", "uint8-with-mean", "int8-unquantized", "int32"],
 )
-def test_preprocess_fails_with_spec_not_matching(
-    spec: TensorSpec, message: str, photo_bgr: np.ndarray
-) -> None:
+def test_preprocess_fails_with_spec_not_matching(spec: TensorSpec, message: str, photo_bgr: np.ndarray) -> None:
     pre = Preprocessing(size=(32, 32), mean=(127.5,) * 3, std=(127.5,) * 3)
     with pytest.raises(ConfigError, match=rf"input tensor 'image' {message}"):
         pp.preprocess(photo_bgr, pre, spec)
@@ -687,8 +684,13 @@ def test_preprocess_fails_with_spec_not_matching(
 
 @pytest.mark.parametrize(
     "image",
-    [np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32),
-     np.zeros((0, 8, 3), np.uint8), "photo.jpg"],
+    [
+        np.zeros((8, 8, 4), np.uint8),
+        np.zeros((8, 8), np.uint8),
+        np.zeros((8, 8, 3), np.float32),
+        np.zeros((0, 8, 3), np.uint8),
+        "photo.jpg",
+    ],
     ids=["rgba", "grey", "float", "empty", "path"],
 )
 def test_preprocess_fails_with_image_not_rgb_uint8(image: object) -> None:
@@ -719,9 +721,7 @@ def test_preprocess_batch_fails_with_a_bad_image_named_by_index(photo_bgr: np.nd
         pp.preprocess_batch([photo_bgr, photo_bgr[:, :, 0]], Preprocessing(size=(4, 4)), _spec((-1, 4, 4, 3)))
 
 
-def test_load_and_preprocess_succeeds_with_path_bytes_and_array_alike(
-    png_file: Path, photo_bgr: np.ndarray
-) -> None:
+def test_load_and_preprocess_succeeds_with_path_bytes_and_array_alike(png_file: Path, photo_bgr: np.ndarray) -> None:
     pre = Preprocessing(size=(64, 64), mean=(127.5,) * 3, std=(127.5,) * 3)
     spec = _spec((1, 64, 64, 3))
     expected = pp.load_and_preprocess(png_file, pre, spec)
