@@ -17,7 +17,7 @@ from converters.export.source import load_source
 from converters.models.source import ModelSource
 from converters.quantize import common as qc
 from converters.quantize.calibration import CalibrationSet
-from converters.quantize.cpu import host_cpu
+from converters.quantize.cpu import CpuInt8, host_cpu
 from converters.training import qat
 from converters.training.loop import Log
 from sdk.bundle import Bundle, sha256_file, write_bundle
@@ -26,6 +26,16 @@ from sdk.enums import Device, ModelFormat, Precision
 from sdk.manifest import Step
 from sdk.qa.evaluation import preprocess_dataset
 from sdk.versions import tool_versions
+
+
+def qat_weight_bits(plan: ConvertPlan, cpu: CpuInt8) -> int:
+    """The weight bits QAT trains for: those the PTQ that follows will store.
+
+    OpenVINO and ONNX Runtime on an x86 CPU without VNNI keep weights in 7 bits (the ``auto``
+    overflow fix and ``reduce_range`` resolve the same way on ``cpu``); everything else 8.
+    """
+    seven = plan.format in (ModelFormat.OPENVINO, ModelFormat.ONNX) and plan.profile.device is Device.CPU
+    return 7 if seven and cpu.needs_seven_bit_weights else 8
 
 
 def wants_qat(config: ConvertConfig, plan: ConvertPlan, variants: Sequence[Variant]) -> bool:
@@ -60,10 +70,7 @@ def qat_candidate(
     if model_path is None or model_path.suffix != ".keras":
         log("[qat] skipped: quantization-aware fine-tuning needs a .keras source model")
         return None
-    # OpenVINO and ONNX Runtime on a CPU without VNNI keep weights in 7 bits ("auto" overflow fix and
-    # reduce_range resolve the same way on this host): train for the bits the PTQ that follows will use.
-    seven = plan.format in (ModelFormat.OPENVINO, ModelFormat.ONNX) and plan.profile.device is Device.CPU
-    bits = 7 if seven and host_cpu().needs_seven_bit_weights else 8
+    bits = qat_weight_bits(plan, host_cpu())
     qat_config = qat.QATConfig(
         epochs=config.qat_epochs, per_class=config.qat_per_class, weight_bits=bits, seed=config.seed
     )

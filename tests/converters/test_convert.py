@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from converters.convert import pipeline
+from converters.convert import pipeline, qat_step
 from converters.convert.choice import budget_misses, choose
 from converters.convert.pipeline import ConvertConfig, ModelSource, convert
 from converters.convert.plan import plan
 from converters.convert.report import Variant
+from converters.quantize.cpu import parse_cpuinfo
 from sdk import synthetic
 from sdk.data import load_split
 from sdk.enums import ModelFormat, Precision
@@ -82,8 +83,10 @@ def test_convert_succeeds_with_budget_zero_forcing_accuracy_control(
 
 @pytest.mark.parametrize("profile_id", ["android-arm64", "x86-kiosk-cpu"])
 def test_convert_succeeds_with_quantization_aware_fine_tuning_as_an_extra_int8(
-    profile_id: str, data_root: Path, keras_bundle, tmp_path: Path
+    profile_id: str, data_root: Path, keras_bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # An x86 host without VNNI, whatever CPU runs the test: the kiosk's int8 keeps 7-bit weights.
+    monkeypatch.setattr(qat_step, "host_cpu", lambda: parse_cpuinfo("flags: avx2 fma", "x86_64"))
     the_plan = plan(load_profile(profile_id))
     lines: list[str] = []
     report = convert(
@@ -221,3 +224,20 @@ def test_convert_fails_with_dataset_of_other_classes(keras_bundle, tmp_path: Pat
 def test_model_source_fails_with_non_keras_bundle(tmp_path: Path, exported_bundles) -> None:
     with pytest.raises(ConfigError, match="starts from a Keras reference bundle"):
         ModelSource.from_bundle(exported_bundles[ModelFormat.ONNX].path)
+
+
+@pytest.mark.parametrize(
+    ("profile_id", "flags", "machine", "bits"),
+    [
+        ("x86-kiosk-cpu", "avx2 fma", "x86_64", 7),
+        ("x86-kiosk-cpu", "avx2 avx512_vnni", "x86_64", 8),
+        ("onnxruntime-cpu", "avx2", "x86_64", 7),
+        ("onnxruntime-cpu", "avx_vnni", "x86_64", 8),
+        ("android-arm64", "avx2", "x86_64", 8),
+        ("x86-kiosk-cpu", "asimd", "aarch64", 8),
+    ],
+)
+def test_qat_weight_bits_succeeds_with_seven_bits_only_without_vnni(
+    profile_id: str, flags: str, machine: str, bits: int
+) -> None:
+    assert qat_step.qat_weight_bits(plan(load_profile(profile_id)), parse_cpuinfo(f"flags: {flags}", machine)) == bits

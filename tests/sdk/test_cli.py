@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,23 @@ RUNTIME_MODULES = {"litert": "ai_edge_litert", "openvino": "openvino", "onnxrunt
 
 
 @pytest.fixture(autouse=True)
-def _logs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _logs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Other libraries' log files of these runs go to the test's folder, not ~/.cache."""
     folder = tmp_path / "logs"
     monkeypatch.setenv("SHELFEDGE_LOG_DIR", str(folder))
-    return folder
+    # An earlier export (tf2onnx) raises the root logger's and TensorFlow's levels to ERROR; these
+    # tests need the libraries' warnings to reach the routing under test.
+    loggers = {
+        logging.getLogger(): logging.WARNING,
+        logging.getLogger("tensorflow"): logging.NOTSET,
+        logging.getLogger("tf2onnx"): logging.NOTSET,
+    }
+    saved = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
+    yield folder
+    for logger, level in saved.items():
+        logger.setLevel(level)
 
 
 @pytest.fixture
