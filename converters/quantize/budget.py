@@ -30,8 +30,7 @@ from converters.quantize.common import (
 )
 from sdk.enums import Precision
 from sdk.manifest import KeptInFloat
-
-Log = Callable[[str], None]
+from sdk.progress import Log
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

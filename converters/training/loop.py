@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from sdk.errors import ConfigError
+from sdk.progress import Log
 
 __all__ = [
     "PROGRESS_EVERY_S",
@@ -33,7 +34,6 @@ __all__ = [
     "train_loop",
 ]
 
-Log = Callable[[str], None]
 # Samples -> (model inputs, soft targets or None) of those training items.
 Sampler = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 # Seconds between two progress lines of a long loop.

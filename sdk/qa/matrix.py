@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from sdk.errors import BackendUnavailableError, ConfigError, ShelfedgeError
 from sdk.loading import load
 from sdk.manifest import MANIFEST_NAME
 from sdk.profiles import HardwareProfile
+from sdk.progress import Log
 from sdk.qa.bench import BenchConfig, bench_bundle
 from sdk.qa.bench_result import BenchResult
 from sdk.qa.parity_run import ParityResult, run_parity, select
@@ -35,7 +36,6 @@ from sdk.qa.tables import markdown_table
 from sdk.versions import host_info, tool_versions
 
 SCHEMA_VERSION = 1
-Log = Callable[[str], None]
 Status = Literal["ran", "skipped", "error"]
 # Server-model formats: in a convert/export directory they are the reference, not a candidate.
 REFERENCE_FORMATS = (ModelFormat.KERAS, ModelFormat.SAVEDMODEL)

@@ -9,7 +9,7 @@ inputs are proven to be the same: every preprocessed input's sha256 is checked.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,13 @@ from sdk.data import ImageDataset
 from sdk.enums import RUNTIMES_FOR_FORMAT, Layout, Precision, Runtime
 from sdk.errors import ParityError, ShelfedgeError
 from sdk.profiles import HardwareProfile, load_profile
+from sdk.progress import Log
 from sdk.qa.evaluation import evaluate, preprocess_dataset
 from sdk.qa.localize import can_localize, find_fp32_parent, localize
 from sdk.qa.parity import ParityVerdict, compute_metrics, jsonable
 from sdk.qa.reference import REFERENCE_JSON, Reference, load_reference, save_reference
 from sdk.tensors import TensorSpec
 
-Log = Callable[[str], None]
 # Whose tolerances judge a runtime when no --profile is given: the generic CPU profile of it.
 DEFAULT_TOLERANCE_PROFILE: dict[Runtime, str] = {
     Runtime.LITERT: "android-arm64",

@@ -35,29 +35,6 @@ ALL_FORMATS = (ModelFormat.TFLITE, ModelFormat.OPENVINO, ModelFormat.ONNX, Model
 TOLERANCE = 1e-4
 
 
-def _tiny_cnn(extra: keras.layers.Layer | None = None) -> keras.Model:
-    keras.utils.set_random_seed(0)
-    image = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.Conv2D(8, 3, padding="same")(image)
-    if extra is not None:
-        x = extra(x)
-    batch_norm = keras.layers.BatchNormalization()
-    x = keras.layers.ReLU()(batch_norm(x))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    logits = keras.layers.Dense(len(LABELS), name="logits")(x)
-    # Non-trivial statistics, so folding batch norm into the convolution is really exercised.
-    rng = np.random.default_rng(1)
-    batch_norm.set_weights(
-        [
-            rng.uniform(0.5, 1.5, 8),
-            rng.normal(0, 0.1, 8),
-            rng.normal(0, 0.1, 8),
-            rng.uniform(0.5, 2.0, 8),
-        ]
-    )
-    return keras.Model(image, logits, name="tiny_cnn")
-
-
 class PyScale(keras.layers.Layer):
     """Runs Python inside the graph: no converter can turn tf.py_function into a model op."""
 
@@ -76,8 +53,8 @@ class Exported:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    model = _tiny_cnn()
+def exported(tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    model = tiny_cnn()
     out_dir = tmp_path_factory.mktemp("export")
     lines: list[str] = []
     bundles = export(
@@ -97,8 +74,8 @@ def batch() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def bad_source(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return load_source(_tiny_cnn(PyScale(name="py_scale")), tmp_path_factory.mktemp("bad-source"))
+def bad_source(tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return load_source(tiny_cnn(extra=PyScale(name="py_scale")), tmp_path_factory.mktemp("bad-source"))
 
 
 def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
@@ -242,13 +219,15 @@ def test_export_succeeds_with_keras_file_source(exported: Exported, tmp_path: Pa
 
 
 @pytest.fixture(scope="session")
-def saved_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    source = load_source(_tiny_cnn(), tmp_path_factory.mktemp("saved-model-source"))
+def saved_model_dir(tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = load_source(tiny_cnn(), tmp_path_factory.mktemp("saved-model-source"))
     assert source.saved_model_dir is not None
     return source.saved_model_dir
 
 
-def test_export_succeeds_with_savedmodel_source(saved_model_dir: Path, tmp_path: Path, batch: np.ndarray) -> None:
+def test_export_succeeds_with_savedmodel_source(
+    tiny_cnn, saved_model_dir: Path, tmp_path: Path, batch: np.ndarray
+) -> None:
     bundles = export(
         saved_model_dir, out_dir=tmp_path, formats=["tflite"], name="t", labels=LABELS, preprocessing=PREPROCESSING
     )
@@ -258,7 +237,7 @@ def test_export_succeeds_with_savedmodel_source(saved_model_dir: Path, tmp_path:
     assert bundle.manifest.provenance.source == str(saved_model_dir)
     # Its signature names the output like the Keras output, so every format does too.
     assert [t.name for t in bundle.manifest.outputs] == ["logits"]
-    expected = _tiny_cnn().predict(batch, verbose=0)
+    expected = tiny_cnn().predict(batch, verbose=0)
     np.testing.assert_allclose(_run_tflite(bundle.model_path, batch), expected, rtol=0, atol=TOLERANCE)
 
 
@@ -312,11 +291,13 @@ def test_load_source_fails_with_non_model_object(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_export_fails_with_bad_arguments_before_writing(tmp_path: Path, changes: dict[str, Any], match: str) -> None:
+def test_export_fails_with_bad_arguments_before_writing(
+    tiny_cnn, tmp_path: Path, changes: dict[str, Any], match: str
+) -> None:
     arguments: dict[str, Any] = {"name": "tiny", "labels": LABELS, "preprocessing": PREPROCESSING, **changes}
     out_dir = tmp_path / "out"
     with pytest.raises(ConfigError, match=match):
-        export(_tiny_cnn(), out_dir=out_dir, **arguments)
+        export(tiny_cnn(), out_dir=out_dir, **arguments)
     assert not out_dir.exists()
 
 
@@ -332,22 +313,22 @@ def test_export_fails_with_existing_bundle_and_overwrite_off(exported: Exported)
         )
 
 
-def test_export_succeeds_with_existing_bundle_replaced(tmp_path: Path) -> None:
+def test_export_succeeds_with_existing_bundle_replaced(tiny_cnn, tmp_path: Path) -> None:
     arguments: dict[str, Any] = {"out_dir": tmp_path, "formats": ["keras"], "name": "t", "labels": LABELS}
-    first = export(_tiny_cnn(), preprocessing=PREPROCESSING, **arguments)[ModelFormat.KERAS]
+    first = export(tiny_cnn(), preprocessing=PREPROCESSING, **arguments)[ModelFormat.KERAS]
     (first.path / "stale.txt").write_text("left over from the first export")
-    second = export(_tiny_cnn(), preprocessing=dataclasses.replace(PREPROCESSING, crop_fraction=1.0), **arguments)
+    second = export(tiny_cnn(), preprocessing=dataclasses.replace(PREPROCESSING, crop_fraction=1.0), **arguments)
     bundle = Bundle.open(second[ModelFormat.KERAS].path)
     assert bundle.manifest.preprocessing is not None and bundle.manifest.preprocessing.crop_fraction == 1.0
     assert not (bundle.path / "stale.txt").exists()
 
 
-def test_export_fails_with_target_that_is_not_a_bundle(tmp_path: Path) -> None:
+def test_export_fails_with_target_that_is_not_a_bundle(tiny_cnn, tmp_path: Path) -> None:
     target = tmp_path / "t-keras-fp32"
     target.mkdir()
     (target / "notes.txt").write_text("someone else's files")
     with pytest.raises(ConfigError, match=r"not empty and is not a bundle"):
-        export(_tiny_cnn(), out_dir=tmp_path, formats=["keras"], name="t", labels=LABELS, preprocessing=PREPROCESSING)
+        export(tiny_cnn(), out_dir=tmp_path, formats=["keras"], name="t", labels=LABELS, preprocessing=PREPROCESSING)
     assert (target / "notes.txt").exists()
 
 
