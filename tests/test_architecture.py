@@ -14,7 +14,12 @@ PACKAGES = ("sdk", "cli", "converters", "runtimes", "demo_app", "hw_profiles")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 # Exceptions, each named with its reason in the README's architecture section.
-ALLOWED: dict[str, int] = {}
+ALLOWED: dict[str, int] = {
+    # One test module per quantizer: its module-scoped tiny model, calibration set and exported
+    # bundles are built once and shared by every test of that quantizer.
+    "tests/converters/test_quantize_openvino.py": 450,
+    "tests/converters/test_quantize_tflite.py": 450,
+}
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -63,7 +68,7 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _sources() -> list[Path]:
-    return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
+    return sorted(p for folder in (*PACKAGES, "tests") for p in (ROOT / folder).rglob("*.py"))
 
 
 def test_import_graph_succeeds_with_no_cycle() -> None:
