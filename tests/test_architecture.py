@@ -15,9 +15,8 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 # Exceptions, each named with its reason in the README's architecture section.
 ALLOWED: dict[str, int] = {
-    # One test module per quantizer: its module-scoped tiny model, calibration set and exported
-    # bundles are built once and shared by every test of that quantizer.
-    "tests/converters/test_quantize_openvino.py": 450,
+    # The LiteRT quantizer's tests: one module-scoped model (its own shape, which the size and
+    # per-mode tolerance assertions are about), exported and quantized once per mode.
     "tests/converters/test_quantize_tflite.py": 450,
 }
 

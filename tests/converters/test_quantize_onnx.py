@@ -8,9 +8,9 @@ small calibration set of smooth random images and checks the result with onnxrun
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +20,6 @@ pytest.importorskip("onnxruntime")
 keras = pytest.importorskip("keras")
 
 from converters.export.package import Lineage, PackageSpec, package  # noqa: E402
-from converters.export.source import SourceModel  # noqa: E402
 from converters.export.steps import ModelMetadata  # noqa: E402
 from converters.quantize import common as qc  # noqa: E402
 from converters.quantize import onnx as qox  # noqa: E402
@@ -39,62 +38,15 @@ METADATA = ModelMetadata(
 )
 
 
-def _smooth_images(n: int, seed: int) -> np.ndarray:
-    """Low-frequency images in [-1, 1]: activations like a photo's, not like white noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(-1, 1, (n, 4, 4, 3))
-    images = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2) + rng.normal(0, 0.05, (n, 32, 32, 3))
-    return np.clip(images, -1, 1).astype(np.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    fp32_bundle: Bundle
-    calibration: object
-    val: np.ndarray
-    fp32_val: np.ndarray
+@pytest.fixture(scope="module")
+def setup(quant_setup_for) -> Any:
+    return quant_setup_for(ModelFormat.ONNX, qox.predictor, LABELS, PREPROCESSING)
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    from converters.export.pipeline import export
-
-    out = tmp_path_factory.mktemp("onnx-export")
-    bundles = export(
-        tiny_cnn(width=16, pointwise=32, seed=3),
-        out_dir=out,
-        formats=("onnx",),
-        name="tiny",
-        labels=LABELS,
-        preprocessing=PREPROCESSING,
-    )
-    bundle = bundles[ModelFormat.ONNX]
-    val = _smooth_images(64, seed=11)
-    return Setup(
-        fp32_bundle=bundle,
-        calibration=from_arrays(_smooth_images(32, seed=5), source="smooth-random"),
-        val=val,
-        fp32_val=qox.predictor(bundle.model_path)(val),
-    )
-
-
-@pytest.fixture(scope="module")
-def int8_onnx(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+def int8_onnx(setup: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     return qox.run(
         setup.fp32_bundle.model_path, qox.ONNXQuantConfig(), tmp_path_factory.mktemp("int8"), setup.calibration
-    )
-
-
-def _lineage_root(bundle: Bundle) -> SourceModel:
-    provenance = bundle.manifest.provenance
-    return SourceModel(
-        kind=ModelFormat.KERAS,
-        path=bundle.path,
-        sha256=provenance.source_sha256,
-        description=provenance.source,
-        inputs=bundle.manifest.inputs,
-        outputs=bundle.manifest.outputs,
-        saved_model_dir=None,
     )
 
 
@@ -102,7 +54,7 @@ def _nodes(path: Path) -> dict[str, object]:
     return {n.name: n for n in onnx.load(str(path)).graph.node}
 
 
-def test_run_succeeds_with_qdq_model_close_to_fp32(setup: Setup, int8_onnx: tuple[Path, list]) -> None:
+def test_run_succeeds_with_qdq_model_close_to_fp32(setup: Any, int8_onnx: tuple[Path, list]) -> None:
     path, kept = int8_onnx
     model = onnx.load(str(path))
     ops = [n.op_type for n in model.graph.node]
@@ -126,7 +78,7 @@ def _int8_weight_ranges(path: Path) -> list[tuple[int, int]]:
     ]  # weights, not zero points
 
 
-def test_reduce_range_succeeds_with_7_bit_weights(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
+def test_reduce_range_succeeds_with_7_bit_weights(setup: Any, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
     full = _int8_weight_ranges(int8_onnx[0])
     assert full and max(max(-low, high) for low, high in full) == 127
     path, _ = qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(reduce_range=True), tmp_path, setup.calibration)
@@ -136,7 +88,7 @@ def test_reduce_range_succeeds_with_7_bit_weights(setup: Setup, int8_onnx: tuple
 
 @pytest.mark.parametrize(("vnni_flags", "reduced"), [((), True), (("avx_vnni",), False)], ids=["avx2", "vnni"])
 def test_reduce_range_auto_succeeds_with_detected_cpu_recorded(
-    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni_flags: tuple, reduced: bool
+    setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni_flags: tuple, reduced: bool
 ) -> None:
     from converters.quantize import cpu
 
@@ -159,20 +111,20 @@ def test_reduce_range_auto_succeeds_with_detected_cpu_recorded(
         qox.ONNXQuantConfig(reduce_range="sometimes")
 
 
-def _int8_bundle(setup: Setup, model: Path, out: Path) -> Bundle:
+def _int8_bundle(setup: Any, model: Path, out: Path) -> Bundle:
     return package(
         model,
         out_dir=out,
         spec=PackageSpec(name="tiny", format=ModelFormat.ONNX, precision=Precision.INT8, metadata=METADATA),
         lineage=Lineage(
-            source=_lineage_root(setup.fp32_bundle),
+            source=setup.source_model(),
             steps=(qc.step_record(qox.STEP_NAME, qox.ONNXQuantConfig(), setup.calibration, qox.TOOLS, 0.0),),
             parent=str(setup.fp32_bundle.path),
         ),
     )
 
 
-def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
+def test_int8_bundle_succeeds_with_sdk_load(setup: Any, int8_onnx: tuple[Path, list], tmp_path: Path) -> None:
     import sdk
 
     bundle = _int8_bundle(setup, int8_onnx[0], tmp_path / "tiny-onnx-int8")
@@ -183,7 +135,7 @@ def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_onnx: tuple[Path,
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_localize_succeeds_pairing_only_comparable_layers_of_a_qdq_model(
-    setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path, runtime: str
+    setup: Any, int8_onnx: tuple[Path, list], tmp_path: Path, runtime: str
 ) -> None:
     pytest.importorskip(runtime)
     from sdk.enums import Runtime
@@ -209,7 +161,7 @@ def test_localize_succeeds_pairing_only_comparable_layers_of_a_qdq_model(
 
 
 def test_nodes_to_exclude_succeeds_with_sensitive_node_left_in_float(
-    setup: Setup, int8_onnx: tuple[Path, list], tmp_path: Path
+    setup: Any, int8_onnx: tuple[Path, list], tmp_path: Path
 ) -> None:
     layers = qox.sensitive_layers(setup.fp32_bundle.model_path, int8_onnx[0], setup.calibration, samples=16)
     assert {s.op for s in layers} == {"Conv", "MatMul"} and len(layers) == 4
@@ -229,7 +181,7 @@ def test_nodes_to_exclude_succeeds_with_sensitive_node_left_in_float(
         assert producers[nodes[other.name].input[1]].op_type == "DequantizeLinear"
 
 
-def test_budget_zero_succeeds_with_fallback_and_kept_nodes_recorded(setup: Setup, tmp_path: Path) -> None:
+def test_budget_zero_succeeds_with_fallback_and_kept_nodes_recorded(setup: Any, tmp_path: Path) -> None:
     eval_fn = qc.top1_eval(setup.val, setup.fp32_val.argmax(-1), qox.predictor)
     result = qox.quantize_with_budget(
         setup.fp32_bundle.model_path, setup.calibration, eval_fn, 1.0, max_drop=0.0, out_dir=tmp_path, max_ignored=4
@@ -251,7 +203,7 @@ def test_budget_zero_succeeds_with_fallback_and_kept_nodes_recorded(setup: Setup
     [np.zeros((0, 32, 32, 3), np.float32), np.zeros((4, 28, 28, 3), np.float32), np.zeros((4, 32, 32, 1), np.float32)],
     ids=["empty", "wrong-size", "wrong-channels"],
 )
-def test_run_fails_with_unusable_calibration_before_work(setup: Setup, tmp_path: Path, tensors: np.ndarray) -> None:
+def test_run_fails_with_unusable_calibration_before_work(setup: Any, tmp_path: Path, tensors: np.ndarray) -> None:
     out_dir = tmp_path / "out"
     with pytest.raises(ConfigError, match="calibration"):
         qox.run(setup.fp32_bundle.model_path, qox.ONNXQuantConfig(), out_dir, from_arrays(tensors))
@@ -264,7 +216,7 @@ def test_run_fails_with_unusable_calibration_before_work(setup: Setup, tmp_path:
     assert not out_dir.exists()
 
 
-def test_config_fails_with_unknown_choices(setup: Setup, tmp_path: Path) -> None:
+def test_config_fails_with_unknown_choices(setup: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="calibrate_method"):
         qox.ONNXQuantConfig(calibrate_method="Magic")
     with pytest.raises(ConfigError, match="activation_type"):
@@ -275,7 +227,7 @@ def test_config_fails_with_unknown_choices(setup: Setup, tmp_path: Path) -> None
         )
 
 
-def test_onnx_to_openvino_succeeds_matching_ort_fp32(setup: Setup, tmp_path: Path) -> None:
+def test_onnx_to_openvino_succeeds_matching_ort_fp32(setup: Any, tmp_path: Path) -> None:
     import openvino as ov
 
     import sdk

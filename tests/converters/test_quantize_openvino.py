@@ -7,9 +7,9 @@ a small calibration set of smooth random images and checks the result with OpenV
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +19,6 @@ pytest.importorskip("nncf")
 keras = pytest.importorskip("keras")
 
 from converters.export.package import Lineage, PackageSpec, package  # noqa: E402
-from converters.export.source import SourceModel  # noqa: E402
 from converters.export.steps import ModelMetadata  # noqa: E402
 from converters.quantize import common as qc  # noqa: E402
 from converters.quantize import openvino as qov  # noqa: E402
@@ -38,47 +37,13 @@ METADATA = ModelMetadata(
 )
 
 
-def _smooth_images(n: int, seed: int) -> np.ndarray:
-    """Low-frequency images in [-1, 1]: activations like a photo's, not like white noise."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(-1, 1, (n, 4, 4, 3))
-    images = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2) + rng.normal(0, 0.05, (n, 32, 32, 3))
-    return np.clip(images, -1, 1).astype(np.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    fp32_bundle: Bundle
-    calibration: object
-    val: np.ndarray
-    fp32_val: np.ndarray
+@pytest.fixture(scope="module")
+def setup(quant_setup_for) -> Any:
+    return quant_setup_for(ModelFormat.OPENVINO, qov.predictor, LABELS, PREPROCESSING)
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_cnn, tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    from converters.export.pipeline import export
-
-    out = tmp_path_factory.mktemp("ov-export")
-    bundles = export(
-        tiny_cnn(width=16, pointwise=32, seed=3),
-        out_dir=out,
-        formats=("openvino",),
-        name="tiny",
-        labels=LABELS,
-        preprocessing=PREPROCESSING,
-    )
-    bundle = bundles[ModelFormat.OPENVINO]
-    val = _smooth_images(64, seed=11)
-    return Setup(
-        fp32_bundle=bundle,
-        calibration=from_arrays(_smooth_images(32, seed=5), source="smooth-random"),
-        val=val,
-        fp32_val=qov.predictor(bundle.model_path)(val),
-    )
-
-
-@pytest.fixture(scope="module")
-def int8_ir(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+def int8_ir(setup: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     return qov.run(
         setup.fp32_bundle.model_path,
         qov.OpenVINOQuantConfig(subset_size=32),
@@ -93,20 +58,7 @@ def _ops(path: Path) -> list:
     return list(ov.Core().read_model(str(path)).get_ordered_ops())
 
 
-def _lineage_root(bundle: Bundle) -> SourceModel:
-    provenance = bundle.manifest.provenance
-    return SourceModel(
-        kind=ModelFormat.KERAS,
-        path=bundle.path,
-        sha256=provenance.source_sha256,
-        description=provenance.source,
-        inputs=bundle.manifest.inputs,
-        outputs=bundle.manifest.outputs,
-        saved_model_dir=None,
-    )
-
-
-def test_run_succeeds_with_int8_fake_quantize_close_to_fp32(setup: Setup, int8_ir: tuple[Path, list]) -> None:
+def test_run_succeeds_with_int8_fake_quantize_close_to_fp32(setup: Any, int8_ir: tuple[Path, list]) -> None:
     path, kept = int8_ir
     ops = _ops(path)
     assert kept == []
@@ -135,7 +87,7 @@ def _7_bit_weights(path: Path) -> tuple[int, int]:
 
 
 def test_overflow_fix_succeeds_with_7_bit_weights_only_where_asked(
-    setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path
+    setup: Any, int8_ir: tuple[Path, list], tmp_path: Path
 ) -> None:
     # The default (enable) stores weights in 7 bits where NNCF sees the u8 x s8 overflow risk,
     # so AVX2 CPUs without VNNI do not saturate; disable keeps the full 8 bits everywhere.
@@ -150,7 +102,7 @@ def test_overflow_fix_succeeds_with_7_bit_weights_only_where_asked(
     assert fixed >= 1
 
 
-def test_run_succeeds_with_fp16_weights_half_the_size(setup: Setup, tmp_path: Path) -> None:
+def test_run_succeeds_with_fp16_weights_half_the_size(setup: Any, tmp_path: Path) -> None:
     path, kept = qov.run(
         setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(precision=Precision.FP16), tmp_path, None
     )
@@ -162,7 +114,7 @@ def test_run_succeeds_with_fp16_weights_half_the_size(setup: Setup, tmp_path: Pa
     assert qc.compare(setup.fp32_val, qov.predictor(path)(setup.val))["cosine"] > 0.9999
 
 
-def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path) -> None:
+def test_int8_bundle_succeeds_with_sdk_load(setup: Any, int8_ir: tuple[Path, list], tmp_path: Path) -> None:
     import sdk
 
     path, _ = int8_ir
@@ -171,7 +123,7 @@ def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_ir: tuple[Path, l
         out_dir=tmp_path / "tiny-openvino-int8",
         spec=PackageSpec(name="tiny", format=ModelFormat.OPENVINO, precision=Precision.INT8, metadata=METADATA),
         lineage=Lineage(
-            source=_lineage_root(setup.fp32_bundle),
+            source=setup.source_model(),
             steps=(
                 *setup.fp32_bundle.manifest.provenance.steps,
                 qc.step_record(
@@ -189,7 +141,7 @@ def test_int8_bundle_succeeds_with_sdk_load(setup: Setup, int8_ir: tuple[Path, l
 
 
 def test_ignored_scope_succeeds_with_sensitive_layer_left_in_float(
-    setup: Setup, int8_ir: tuple[Path, list], tmp_path: Path
+    setup: Any, int8_ir: tuple[Path, list], tmp_path: Path
 ) -> None:
     import openvino as ov
 
@@ -208,7 +160,7 @@ def test_ignored_scope_succeeds_with_sensitive_layer_left_in_float(
     assert {s.name for s in layers[1:]} <= quantized
 
 
-def test_budget_zero_succeeds_with_fallback_and_kept_layers_recorded(setup: Setup, tmp_path: Path) -> None:
+def test_budget_zero_succeeds_with_fallback_and_kept_layers_recorded(setup: Any, tmp_path: Path) -> None:
     import openvino as ov
 
     eval_fn = qc.top1_eval(setup.val, setup.fp32_val.argmax(-1), qov.predictor)
@@ -243,24 +195,22 @@ def test_budget_zero_succeeds_with_fallback_and_kept_layers_recorded(setup: Setu
         result.model_path,
         out_dir=tmp_path.parent / f"{tmp_path.name}-bundle",
         spec=PackageSpec(name="tiny", format=ModelFormat.OPENVINO, precision=Precision.INT8, metadata=METADATA),
-        lineage=Lineage(
-            source=_lineage_root(setup.fp32_bundle), steps=(result.step,), kept_in_float=result.kept_in_float
-        ),
+        lineage=Lineage(source=setup.source_model(), steps=(result.step,), kept_in_float=result.kept_in_float),
     )
     assert Bundle.open(bundle.path).manifest.kept_in_float == result.kept_in_float
 
 
-def _spread_logits(model: keras.Model) -> keras.Model:
+def _spread_logits(smooth_images, model: keras.Model) -> keras.Model:
     """Centre and scale the logits on sample images: untrained, every image would get one class,
     and top-1 agreement would be no accuracy signal at all."""
     dense = model.get_layer("logits")
-    features = keras.Model(model.inputs, dense.input).predict(_smooth_images(64, seed=9), verbose=0)
+    features = keras.Model(model.inputs, dense.input).predict(smooth_images(64, seed=9), verbose=0)
     kernel = dense.get_weights()[0] / (features @ dense.get_weights()[0]).std(axis=0)
     dense.set_weights([kernel, -features.mean(axis=0) @ kernel])
     return model
 
 
-def _outlier_cnn(tiny_cnn) -> keras.Model:
+def _outlier_cnn(tiny_cnn, smooth_images) -> keras.Model:
     """A CNN that int8 breaks on every CPU: a constant 1000 in one channel of the 1x1 conv's input.
 
     That channel feeds nothing (its weights are zero), but the conv's activation quantizer is
@@ -275,27 +225,27 @@ def _outlier_cnn(tiny_cnn) -> keras.Model:
     kernel, bias = pw.get_weights()
     kernel[:, :, 0, :] = 0.0
     pw.set_weights([kernel, bias])
-    return _spread_logits(model)
+    return _spread_logits(smooth_images, model)
 
 
-def test_budget_succeeds_with_nncf_accuracy_control_keeping_layers(tiny_cnn, tmp_path: Path) -> None:
+def test_budget_succeeds_with_nncf_accuracy_control_keeping_layers(smooth_images, tiny_cnn, tmp_path: Path) -> None:
     from converters.export.pipeline import export
 
     fp32 = export(
-        _outlier_cnn(tiny_cnn),
+        _outlier_cnn(tiny_cnn, smooth_images),
         out_dir=tmp_path / "fp32",
         formats=("openvino",),
         name="outlier",
         labels=LABELS,
         preprocessing=PREPROCESSING,
     )[ModelFormat.OPENVINO]
-    val = _smooth_images(64, seed=11)
+    val = smooth_images(64, seed=11)
     eval_fn = qc.top1_eval(val, qov.predictor(fp32.model_path)(val).argmax(-1), qov.predictor)
     # 7-bit weights: AVX2 and VNNI hosts compute the same int8 arithmetic (measured here: plain
     # PTQ drops ~64 pt, accuracy control reverts the 1x1 conv and drops ~10 pt).
     result = qov.quantize_with_budget(
         fp32.model_path,
-        from_arrays(_smooth_images(32, seed=5)),
+        from_arrays(smooth_images(32, seed=5)),
         eval_fn,
         1.0,
         max_drop=25.0,
@@ -316,7 +266,7 @@ def test_budget_succeeds_with_nncf_accuracy_control_keeping_layers(tiny_cnn, tmp
     ids=["avx2", "vnni", "arm"],
 )
 def test_overflow_fix_auto_succeeds_with_detected_cpu_recorded(
-    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni_flags: tuple, machine: str, applied: str
+    setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni_flags: tuple, machine: str, applied: str
 ) -> None:
     from converters.quantize import cpu
 
@@ -371,7 +321,7 @@ def test_parse_cpuinfo_succeeds_with_vnni_flags_or_none() -> None:
     assert not parse_cpuinfo("flags : neon asimd\n", "aarch64").needs_seven_bit_weights
 
 
-def test_budget_succeeds_with_plain_ptq_when_it_fits(setup: Setup, tmp_path: Path) -> None:
+def test_budget_succeeds_with_plain_ptq_when_it_fits(setup: Any, tmp_path: Path) -> None:
     eval_fn = qc.top1_eval(setup.val, setup.fp32_val.argmax(-1), qov.predictor)
     result = qov.quantize_with_budget(
         setup.fp32_bundle.model_path,
@@ -390,7 +340,7 @@ def test_budget_succeeds_with_plain_ptq_when_it_fits(setup: Setup, tmp_path: Pat
     [np.zeros((0, 32, 32, 3), np.float32), np.zeros((4, 28, 28, 3), np.float32), np.zeros((4, 32, 32, 1), np.float32)],
     ids=["empty", "wrong-size", "wrong-channels"],
 )
-def test_run_fails_with_unusable_calibration_before_work(setup: Setup, tmp_path: Path, tensors: np.ndarray) -> None:
+def test_run_fails_with_unusable_calibration_before_work(setup: Any, tmp_path: Path, tensors: np.ndarray) -> None:
     out_dir = tmp_path / "out"
     with pytest.raises(ConfigError, match="calibration"):
         qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(), out_dir, from_arrays(tensors))
@@ -401,7 +351,7 @@ def test_run_fails_with_unusable_calibration_before_work(setup: Setup, tmp_path:
     assert not out_dir.exists()
 
 
-def test_run_fails_with_missing_calibration_or_bad_config(setup: Setup, tmp_path: Path) -> None:
+def test_run_fails_with_missing_calibration_or_bad_config(setup: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a calibration set"):
         qov.run(setup.fp32_bundle.model_path, qov.OpenVINOQuantConfig(), tmp_path / "a", None)
     with pytest.raises(ConfigError, match="not layers of the model"):
