@@ -219,6 +219,7 @@ class Ease:
     Attributes:
         weights: B over the items seen in training (float32, ``len(active)`` squared).
         active: the item indices B covers; an item never seen in training scores 0.
+        items: the catalogue size (``n_items``), seen in training or not.
         lam: the L2 penalty B was fitted with.
     """
 

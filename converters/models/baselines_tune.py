@@ -176,14 +176,14 @@ GRIDS: Mapping[str, Mapping[str, Sequence[Any]]] = MappingProxyType(
 def measure(split: RecSplit, names: Sequence[str], *, k: int = 10) -> None:
     """Print, per baseline: the grid point picked on validation, its fit time and test HR@k."""
     print(split.describe())
-    print(f"{'baseline':<11} {'params':<52} {'fit s':>6} {'valid':>6} {f'test HR@{k}':>10} {'95% CI':>15}")
+    print(f"{'baseline':<11} {'params':<60} {'fit s':>6} {'valid':>6} {f'test HR@{k}':>10} {'95% CI':>15}")
     for name in names:
         result = tune(name, split, GRIDS[name], k=k)
         hits = hit_ranks(result.model, split.test) < k
         low, high = grouped_interval(hits, split.test.groups)
         params = ", ".join(f"{key}={value}" for key, value in result.model.params.items()) or "-"
         print(
-            f"{name:<11} {params:<52} {result.best.fit_seconds:6.2f} {result.best.valid_hr:6.3f} {hits.mean():10.3f} "
+            f"{name:<11} {params:<60} {result.best.fit_seconds:6.2f} {result.best.valid_hr:6.3f} {hits.mean():10.3f} "
             f"  [{low:.3f}, {high:.3f}]"
         )
     print(f"test cases: n={len(split.test):,} in {len(np.unique(split.test.groups)):,} groups")

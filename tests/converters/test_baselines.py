@@ -167,6 +167,7 @@ def test_ease_succeeds_with_zero_diagonal_and_unseen_items_zero() -> None:
     np.testing.assert_allclose(scores[0], [0, expected[0, 1], expected[0, 2], 0, 0], atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:OpenBLAS is configured:RuntimeWarning")  # implicit's own advice, not ours
 def test_als_succeeds_with_user_factor_as_implicit_recalculates_it() -> None:
     pytest.importorskip("implicit", reason="ALS needs the implicit package")
     import scipy.sparse as sp
@@ -174,8 +175,9 @@ def test_als_succeeds_with_user_factor_as_implicit_recalculates_it() -> None:
 
     rng = np.random.default_rng(0)
     train = sp.csr_matrix((rng.random((120, 30)) < 0.15).astype(np.float32))
-    reference = AlternatingLeastSquares(factors=6, regularization=0.3, alpha=4.0, iterations=3, random_state=0)
-    reference.num_threads = 1
+    reference = AlternatingLeastSquares(
+        factors=6, regularization=0.3, alpha=4.0, iterations=3, num_threads=1, random_state=0
+    )
     reference.fit(train, show_progress=False)
     model = Als(item_factors=np.asarray(reference.item_factors), regularization=0.3, alpha=4.0, iterations=3)
     histories = [np.array([1, 4, 9]), np.array([0]), np.array([2, 3, 5, 7, 11, 13])]
