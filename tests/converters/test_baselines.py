@@ -19,14 +19,11 @@ from converters.models.baselines_als import Als, fit_als
 from converters.models.baselines_tune import (
     BASELINES,
     fit_baseline,
-    grouped_interval,
-    hit_ranks,
-    hit_rate,
     tune,
+    valid_ndcg,
 )
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.interaction_splits import (
-    EvalCases,
     split_baskets,
     split_leave_last,
     synthetic_baskets,
@@ -87,10 +84,10 @@ def test_baselines_succeed_with_planted_successor_in_top_two(label: str, sequenc
 
 
 @pytest.mark.parametrize("label", list(LEARNED))
-def test_baselines_succeed_with_hit_rate_above_popularity(label: str, sequences: Any) -> None:
+def test_baselines_succeed_with_ndcg_above_popularity(label: str, sequences: Any) -> None:
     split = split_leave_last(sequences)
-    popular = hit_rate(fit_popularity(split.train, split.n_items), split.test)
-    learned = hit_rate(_fit(label, split.train, split.n_items), split.test)
+    popular = valid_ndcg(fit_popularity(split.train, split.n_items), split.test)
+    learned = valid_ndcg(_fit(label, split.train, split.n_items), split.test)
     assert learned > popular + 0.2
 
 
@@ -226,28 +223,13 @@ def test_baselines_fail_with_history_outside_catalogue(label: str, baskets: Any)
         model.score([np.array([0]), np.array([1, baskets.n_items])])
 
 
-def test_hit_rate_succeeds_with_history_excluded_and_ties_against_target() -> None:
-    model = fit_popularity([np.array([0, 1, 2]), np.array([0, 1]), np.array([0])], 5)  # counts 3, 2, 1, 0, 0
-    cases = EvalCases(
-        histories=(np.array([0], np.int32), np.array([1], np.int32), np.array([0, 1, 2], np.int32)),
-        targets=np.array([1, 2, 4], np.int32),
-        groups=np.array([0, 1, 2], np.int32),
-    )
-    # 1 is first once 0 is excluded; 2 is behind 0; 4 ties with 3, and a tie counts against it
-    np.testing.assert_array_equal(hit_ranks(model, cases), [0, 1, 1])
-    assert hit_rate(model, cases, k=1) == pytest.approx(1 / 3)
-    assert hit_rate(model, cases, k=2) == 1.0
-    with pytest.raises(ConfigError, match="HR@0"):
-        hit_rate(model, cases, k=0)
-
-
 def test_tune_succeeds_with_best_validation_point(baskets: Any) -> None:
     split = split_baskets(baskets)
     result = tune("ease", split, {"lam": [1.0, 50.0, 1e6]})
     assert [trial.params["lam"] for trial in result.trials] == [1.0, 50.0, 1e6]
-    assert result.best.valid_hr == max(trial.valid_hr for trial in result.trials)
+    assert result.best.valid_ndcg == max(trial.valid_ndcg for trial in result.trials)
     assert result.model.params["lam"] == result.best.params["lam"]
-    assert result.best.valid_hr == pytest.approx(hit_rate(result.model, split.valid))
+    assert result.best.valid_ndcg == pytest.approx(valid_ndcg(result.model, split.valid))
 
 
 @pytest.mark.parametrize(
@@ -270,9 +252,3 @@ def test_baseline_table_succeeds_with_every_default_fitting(baskets: Any) -> Non
             pytest.importorskip("implicit")
         model = fit_baseline(name, baskets.rows, baskets.n_items)
         assert model.score([np.array([0])]).shape == (1, baskets.n_items)
-
-
-def test_grouped_interval_succeeds_with_mean_inside() -> None:
-    hits = np.array([1, 1, 0, 0, 1, 0, 1, 1], float)
-    low, high = grouped_interval(hits, np.array([0, 0, 1, 1, 2, 2, 3, 3]))
-    assert low <= hits.mean() <= high and 0 <= low < high <= 1
