@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("cli.inspect", "show and verify a bundle's manifest"),
     "classify": ("cli.classify", "classify images with a bundle on a runtime/device"),
     "eval": ("cli.eval", "accuracy of bundles on a labelled image dataset, through sdk.load"),
+    "rec-compare": (
+        "cli.rec_compare",
+        "recommenders side by side on a dataset (popularity, item-kNN, EASE, ALS): HR/NDCG/MRR/coverage with CIs",
+    ),
     "reference": ("cli.reference", "save the server model's outputs (npz + input hashes) to compare elsewhere"),
     "parity": ("cli.parity", "bundles on every runtime vs the server reference, tiered checks; exit 1 on failure"),
     "bench": (

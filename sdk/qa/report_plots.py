@@ -249,3 +249,28 @@ def _inline(text: str) -> str:
     parts = text.split("`")
     # Odd parts were between backticks.
     return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+
+
+def metric_intervals(rows: Sequence[tuple[str, float, float, float]], path: Path, *, metric: str, title: str) -> Path:
+    """One horizontal bar per model: the point estimate and its confidence interval as an error bar.
+
+    Args:
+        rows: ``(label, value, low, high)`` per model, in display order.
+
+    Raises:
+        BackendUnavailableError: matplotlib is not installed.
+    """
+    figure = _figure(8.0, 0.45 * len(rows) + 1.4)
+    ax = figure.subplots()
+    labels = [label for label, *_ in rows]
+    values = [value for _, value, _, _ in rows]
+    errors = [[value - low for _, value, low, _ in rows], [high - value for _, value, _, high in rows]]
+    ax.barh(range(len(rows)), values, xerr=errors, color=_COLOURS[0], alpha=0.8, capsize=3)
+    for position, value in enumerate(values):
+        ax.text(value, position, f" {value:.3f}", va="center", ha="left", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (bars: 95% bootstrap interval)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
