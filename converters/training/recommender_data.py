@@ -5,8 +5,8 @@
   same items shifted by one, so every interaction but the first is a target exactly once per epoch.
 - Baskets: for each training basket of two or more items, one item drawn afresh every epoch is
   hidden and predicted from the rest.
-- Validation: a plain numpy full ranking, items already in the history excluded, giving HR@k,
-  NDCG@k and MRR.
+- Validation: the shared evaluator (``sdk.qa.ranking``): full ranking, items already in the
+  history excluded, HR@10, NDCG@10 and MRR.
 
 Pure functions over numpy arrays: safe to call from several threads.
 """
@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from converters.models.sasrec import pad_histories
+from sdk.errors import ConfigError
 from sdk.interaction_splits import EvalCases, RecSplit
+from sdk.qa.ranking import HIT_K, rank_cases
 
 __all__ = [
     "NO_TARGET",
@@ -28,8 +30,6 @@ __all__ = [
     "basket_examples",
     "evaluate_model",
     "predict_scores",
-    "rank_metrics",
-    "ranks",
     "sequence_windows",
     "split_hash",
 ]
@@ -37,7 +37,7 @@ __all__ = [
 # Marks a position of a sequence window that has no target (padding).
 NO_TARGET = -1
 # The cut-off of the validation metrics early stopping reads (HR@10, NDCG@10).
-K = 10
+K = HIT_K  # the cut-off of HR@K and NDCG@K (the shared evaluator's)
 _EVAL_BATCH = 256
 
 
@@ -82,39 +82,21 @@ def basket_examples(
     return pad_histories(histories, max_len), np.asarray(targets, np.int32)
 
 
-def ranks(scores: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each target among the items not in its history (ties count against it).
-
-    The target itself is never excluded, even if it also appears in the history.
-    """
-    scores = np.array(scores, np.float64, copy=True)
-    for i, history in enumerate(histories):
-        seen = np.asarray(history, np.int64)
-        scores[i, seen[seen != targets[i]]] = -np.inf
-    rows = np.arange(len(targets))
-    target_scores = scores[rows, targets][:, None]
-    # A NaN score (a broken model) must not rank first: it counts as beaten by everything.
-    target_scores = np.where(np.isnan(target_scores), -np.inf, target_scores)
-    beaten_by = (scores > target_scores).sum(axis=1) + ((scores == target_scores).sum(axis=1) - 1)
-    return beaten_by.astype(np.int64)
-
-
-def rank_metrics(rank: np.ndarray, k: int = K) -> dict[str, float]:
-    """HR@k, NDCG@k (one relevant item) and MRR from 0-based ranks; empty input gives zeros."""
-    if not len(rank):
-        return {f"hr@{k}": 0.0, f"ndcg@{k}": 0.0, "mrr": 0.0}
-    hit = rank < k
-    return {
-        f"hr@{k}": float(hit.mean()),
-        f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean()),
-        "mrr": float((1.0 / (rank + 1.0)).mean()),
-    }
-
-
 def evaluate_model(model: Any, cases: EvalCases, max_len: int, k: int = K) -> dict[str, float]:
-    """HR@k, NDCG@k and MRR of ``model`` on ``cases``: full ranking, history items excluded."""
-    scores = predict_scores(model, cases.histories, max_len)
-    return rank_metrics(ranks(scores, cases.histories, cases.targets), k)
+    """HR@10, NDCG@10 and MRR of ``model`` on ``cases`` through the shared evaluator.
+
+    Full ranking with the history's items excluded and ties counted against the target
+    (:func:`sdk.qa.ranking.rank_cases`), so training picks epochs on the numbers reports show.
+
+    Raises:
+        ConfigError: ``k`` is not 10 (the evaluator's cut-off), or the scores are not finite.
+    """
+    if k != K:
+        raise ConfigError(f"evaluate_model: k={k}; the shared evaluator reports HR and NDCG at {K}")
+    n_items = int(model.output_shape[-1])
+    ranked = rank_cases(lambda histories: predict_scores(model, histories, max_len), cases, n_items, name=model.name)
+    per_case = ranked.per_case()
+    return {name: float(per_case[name].mean()) for name in (f"hr@{K}", f"ndcg@{K}", "mrr")}
 
 
 def predict_scores(model: Any, histories: Any, max_len: int) -> np.ndarray:
