@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cli import emit, log
-from converters.training.rec_compare import RecCompareConfig, compare_recommenders, write_comparison
+from converters.training.rec_compare import RecCompareConfig, compare_recommenders, teacher_for, write_comparison
 from sdk.rec_datasets import NAMED, open_rec_dataset
 
 
@@ -21,11 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baselines", default="popularity,item-knn,ease,als", help="comma-separated (default: all four)"
     )
+    parser.add_argument(
+        "--teacher", action="store_true", help="also train (or reuse) the self-attention teacher and rank it"
+    )
+    parser.add_argument("--teacher-epochs", type=int, help="the teacher's most epochs (default 30, early stop)")
     parser.add_argument("--no-tune", action="store_true", help="use each baseline's defaults, no validation search")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="split and bootstrap seed (default 0)")
     parser.add_argument("--out", help="output directory (default out/rec-compare/<dataset>)")
-    parser.epilog = "example: shelfedge rec-compare --dataset movielens --baselines popularity,ease,als"
+    parser.epilog = "example: shelfedge rec-compare --dataset movielens --teacher"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
         resamples=args.resamples,
         seed=args.seed,
     )
-    comparison = compare_recommenders(dataset, config, log=log)
     out = Path(args.out or Path("out") / "rec-compare" / dataset.name)
+    extra = [teacher_for(dataset, out / "teacher", epochs=args.teacher_epochs, log=log)] if args.teacher else []
+    comparison = compare_recommenders(dataset, config, extra=extra, log=log)
     paths = write_comparison(comparison, out)
     log(f"[rec-compare] {len(comparison.rows)} models in {comparison.seconds:.1f} s; report: {paths['markdown']}")
     emit(args, comparison.to_dict(), lambda: comparison.markdown() + f"\nreports: {out}")

@@ -19,6 +19,8 @@ from typing import Any
 
 from converters.models.baselines import RecModel
 from converters.models.baselines_tune import BASELINES, GRIDS, fit_baseline, tune, valid_ndcg
+from converters.training.recommender import TeacherRecConfig, train_recommender_teacher
+from converters.training.recommender_data import predict_scores
 from sdk.errors import ConfigError
 from sdk.progress import Log
 from sdk.qa import report_plots
@@ -181,6 +183,55 @@ def compare_recommenders(
         paired=paired,
         seconds=time.perf_counter() - started,
     )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KerasRecModel:
+    """A trained Keras recommender behind the baselines' interface (``score(histories)``).
+
+    Not safe to share across threads (one Keras model, called in place).
+    """
+
+    name: str
+    n_items: int
+    params: Mapping[str, Any]
+    model: Any
+    max_len: int
+
+    def score(self, histories: Sequence[Any]) -> Any:
+        return predict_scores(self.model, histories, self.max_len)
+
+
+def teacher_for(
+    dataset: RecDataset, out_dir: Path, *, epochs: int | None = None, log: Log = print
+) -> tuple[KerasRecModel, float]:
+    """Train the self-attention teacher on ``dataset`` (or reuse the cached run) and load it.
+
+    Baskets get a window of 32 items (no basket here is longer), sequences the last 50.
+
+    Returns:
+        The model and the seconds its training took (the cached run's, when reused).
+
+    Raises:
+        ConfigError: the data has nothing to train on, or the cached model cannot be read.
+    """
+    import keras
+
+    base = TeacherRecConfig(max_len=32 if dataset.interactions.kind == "baskets" else 50)
+    config = dataclasses.replace(base, epochs=epochs) if epochs is not None else base
+    result = train_recommender_teacher(dataset.split, config, out_dir, log)
+    try:
+        model = keras.saving.load_model(result.model_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{result.model_path}: cannot load the trained teacher ({e}); rerun with a fresh --out"
+        ) from e
+    kind = "SASRec" if dataset.interactions.kind == "sequences" else "set attention"
+    params = {"dim": config.dim, "blocks": config.blocks, "window": config.max_len, "best_epoch": result.best_epoch}
+    scorer = KerasRecModel(
+        name=f"teacher ({kind})", n_items=dataset.split.n_items, params=params, model=model, max_len=config.max_len
+    )
+    return scorer, result.train_seconds
 
 
 def write_comparison(comparison: RecComparison, out_dir: Path) -> dict[str, Path]:

@@ -47,3 +47,16 @@ def test_cli_rec_compare_succeeds_with_json_on_synthetic_sequences(tmp_path: Pat
     payload = json.loads(capsys.readouterr().out)
     assert payload["dataset"] == "synthetic-sequences" and len(payload["rows"]) == 2
     assert (tmp_path / "rec_compare.md").is_file()
+
+
+def test_cli_rec_compare_succeeds_with_the_teacher_trained_then_reused(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("keras")
+    args = ["rec-compare", "--dataset", "synthetic-baskets", "--baselines", "popularity", "--no-tune",
+            "--teacher", "--teacher-epochs", "1", "--resamples", "100", "--out", str(tmp_path), "--json"]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in first["rows"]] == ["popularity", "teacher (set attention)"]
+    assert (tmp_path / "teacher" / "teacher.keras").is_file()
+    assert main(args) == 0  # the second run reuses the trained teacher: the same scores
+    second = json.loads(capsys.readouterr().out)
+    assert second["rows"][1]["test"] == first["rows"][1]["test"]
