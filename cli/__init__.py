@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("cli.convert", "quantize (and distil) a model for hardware profiles within an accuracy budget"),
     "inspect": ("cli.inspect", "show and verify a bundle's manifest"),
     "classify": ("cli.classify", "classify images with a bundle on a runtime/device"),
+    "recommend": ("cli.recommend", "recommend items for a basket or history with a recommendation bundle"),
     "eval": ("cli.eval", "accuracy of bundles on a labelled image dataset, through sdk.load"),
     "rec-compare": (
         "cli.rec_compare",

@@ -29,6 +29,8 @@ from sdk.errors import (
 from sdk.loading import Model, load
 from sdk.manifest import Manifest
 from sdk.profiles import HardwareProfile, list_profiles, load_profile
+from sdk.recommender import Recommender
+from sdk.recommender_result import Recommendations, RecommendedItem, RecommenderOptions, RecTimings
 
 __version__ = "0.1.0"
 
@@ -54,6 +56,11 @@ __all__ = [
     "ParityError",
     "Precision",
     "ProfileError",
+    "RecTimings",
+    "Recommendations",
+    "RecommendedItem",
+    "Recommender",
+    "RecommenderOptions",
     "Runtime",
     "ShelfedgeError",
     "Task",

@@ -31,6 +31,7 @@ from sdk.enums import (
     Task,
 )
 from sdk.errors import ManifestError
+from sdk.rec_manifest import RecommendationSpec
 from sdk.tensors import Quantization, TensorSpec
 
 SCHEMA_VERSION = 1
@@ -172,11 +173,15 @@ class Manifest:
     files: Mapping[str, str]  # relative path -> sha256
     metrics: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     kept_in_float: tuple[KeptInFloat, ...] = ()
+    # A recommendation bundle's item files (sdk/rec_manifest.py); None for image bundles.
+    recommendation: RecommendationSpec | None = None
     # Reserved for signing/encryption; must be null until a schema version defines it.
     signature: None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
+        # The section is written only when present, so image manifests read as they always did.
+        extra = {"recommendation": self.recommendation.to_dict()} if self.recommendation else {}
         return {
             "schema_version": self.schema_version,
             "name": self.name,
@@ -194,6 +199,7 @@ class Manifest:
             "metrics": {k: dict(v) for k, v in self.metrics.items()},
             "kept_in_float": [k.to_dict() for k in self.kept_in_float],
             "signature": None,
+            **extra,
         }
 
     def to_json(self) -> str:
@@ -221,6 +227,7 @@ class Manifest:
             )
         preprocessing_reader = r.child("preprocessing", required=False)
         provenance_reader = r.child("provenance")
+        recommendation_reader = r.child("recommendation", required=False)
         assert provenance_reader is not None
         signature = r.optional("signature", None)
         if signature is not None:
@@ -241,9 +248,13 @@ class Manifest:
             files=r.required("files", _file_hashes),
             metrics=r.optional("metrics", {}, as_str_dict),
             kept_in_float=_kept_in_float(r),
+            recommendation=RecommendationSpec.from_reader(recommendation_reader) if recommendation_reader else None,
         )
         r.finish()
-        for needed in filter(None, (manifest.model_file, manifest.labels_file)):
+        if manifest.recommendation is not None and manifest.task is not Task.RECOMMENDATION:
+            raise ManifestError(f"{where}: a {manifest.task.value} bundle cannot have a 'recommendation' section")
+        rec_files = manifest.recommendation.files if manifest.recommendation else ()
+        for needed in filter(None, (manifest.model_file, manifest.labels_file, *rec_files)):
             if needed not in manifest.files:
                 raise ManifestError(
                     f"{where}: {needed!r} is not listed in 'files' with its sha256; "

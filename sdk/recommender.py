@@ -1,0 +1,349 @@
+"""Recommendation task API: the ImageClassifier shape, for a basket or a viewing history.
+
+``Recommender.create(bundle, RecommenderOptions(...))``, or the short form
+``Recommender.from_bundle(path, runtime=..., k=...)``; then ``recommend(["whole milk", "yogurt"])``.
+
+The bundle's encoder turns the history into a user vector on the runtime the options choose;
+scoring against the item table, exclusion, the allow-list and top-k run in numpy. The int8 table
+is dequantized once at load: on this project's x86 host a float32 matrix-vector product over
+9,742 x 64 took 0.03 ms against 0.8 ms for int8 x scales per call (1M items: 10.5 vs 48.6 ms),
+because numpy has no int8 GEMV and widens the whole table on every call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from sdk.bundle import Bundle
+from sdk.enums import Device, FallbackPolicy, Runtime, Task
+from sdk.errors import BundleError, ConfigError, InputError
+from sdk.interactions import Catalogue
+from sdk.loading import Model, load
+from sdk.profiles import HardwareProfile
+from sdk.rec_manifest import RecommendationSpec
+from sdk.recommender_items import ItemTable, read_item_files
+from sdk.recommender_result import Recommendations, RecommendedItem, RecommenderOptions, RecTimings, is_positive_int
+from sdk.runtime import SessionInfo
+
+__all__ = ["RecTimings", "Recommendations", "RecommendedItem", "Recommender", "RecommenderOptions"]
+
+
+class Recommender:
+    """Recommends items for a basket or history with a recommendation bundle on any runtime.
+
+    Create with :meth:`create` (options object) or :meth:`from_bundle` (keywords); use as a
+    context manager or call :meth:`close`.
+
+    Thread safety: an instance is NOT safe to share across threads. It holds one runtime
+    session and takes no lock, and LiteRT interpreters and OpenVINO infer requests must not
+    run two calls at once. Give each thread its own recommender, or guard calls with your own
+    lock. The item table and catalogue it holds are read-only; results and options are
+    immutable and may be shared freely.
+    """
+
+    def __init__(self, model: Model, items: ItemTable, options: RecommenderOptions | None = None) -> None:
+        """Wrap an opened encoder and its item side; prefer :meth:`create`, which reads both.
+
+        Raises:
+            ConfigError: the model is not a recommendation bundle (the model is closed first).
+            BundleError: the item table does not fit the encoder or the manifest (model closed).
+        """
+        try:
+            self._spec = check_encoder(model.bundle)
+            check_items(model.bundle, self._spec, items)
+        except BaseException:
+            model.close()
+            raise
+        self.model = model
+        self._items = items
+        self._options = options if options is not None else RecommenderOptions()
+        self._input_name = model.bundle.manifest.inputs[0].name
+        self._output = model.bundle.manifest.outputs[0]
+        self._index = items.catalogue.index_of()
+        # Dequantized once: a float32 GEMV is ~25x faster than int8 x scales in numpy (module doc).
+        self._table = items.dequantized()
+        self._table.flags.writeable = False
+
+    @classmethod
+    def create(cls, bundle: str | Path | Bundle, options: RecommenderOptions | None = None) -> Recommender:
+        """Open a recommendation bundle with ``options`` (defaults: see :class:`RecommenderOptions`).
+
+        The item files are read and checked against the manifest and the encoder before any
+        runtime session is opened.
+
+        Raises:
+            ConfigError: ``options`` is not a RecommenderOptions, the bundle is not a
+                recommendation bundle, or the runtime cannot open its format.
+            BundleError: the bundle is missing or tampered with (a hash), or its item table or
+                catalogue does not match its model or manifest (naming the files).
+            ManifestError: the manifest breaks the schema or disagrees with the model file.
+            ProfileError: the profile is unknown or malformed.
+            BackendUnavailableError: the runtime is not installed, or the device is absent
+                under a strict fallback policy.
+            InferenceError: the runtime could not load the model file.
+        """
+        if options is None:
+            options = RecommenderOptions()
+        elif not isinstance(options, RecommenderOptions):
+            raise ConfigError(
+                f"Recommender.create got options of type {type(options).__name__}; pass "
+                "RecommenderOptions(...) or use Recommender.from_bundle(path, **keywords)"
+            )
+        opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        spec = check_encoder(opened)
+        items = read_item_files(opened.path, spec)
+        check_items(opened, spec, items)
+        model = load(
+            opened,
+            options.profile,
+            runtime=options.runtime,
+            device=options.device,
+            fallback=options.fallback,
+            threads=options.threads,
+        )
+        return cls(model, items, options)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path | Bundle,
+        *,
+        profile: str | Path | HardwareProfile | None = None,
+        runtime: Runtime | str | None = None,
+        device: Device | str | None = None,
+        fallback: FallbackPolicy | str | None = None,
+        threads: int | None = None,
+        k: int = 10,
+    ) -> Recommender:
+        """The short form of :meth:`create`: the keywords are :class:`RecommenderOptions` fields.
+
+        Raises:
+            ConfigError: a keyword has a wrong type or value (naming it), or as :meth:`create`.
+            BundleError, ManifestError, ProfileError, BackendUnavailableError, InferenceError:
+                as :meth:`create`.
+        """
+        options = RecommenderOptions(
+            profile=profile, runtime=runtime, device=device, fallback=fallback, threads=threads, k=k
+        )
+        return cls.create(path, options)
+
+    @property
+    def options(self) -> RecommenderOptions:
+        return self._options
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self._items.catalogue
+
+    @property
+    def spec(self) -> RecommendationSpec:
+        """The bundle's item side: n_items, dim, max_len, kind, table precision."""
+        return self._spec
+
+    @property
+    def info(self) -> SessionInfo:
+        """What actually ran the encoder: runtime and version, device, precision, fallback."""
+        return self.model.info
+
+    def recommend(
+        self,
+        history: Sequence[str],
+        k: int | None = None,
+        *,
+        exclude: Iterable[str] = (),
+        allow: Iterable[str] | None = None,
+        exclude_history: bool = True,
+    ) -> Recommendations:
+        """The ``k`` best items for ``history``, best first.
+
+        Args:
+            history: item ids as in the catalogue, oldest first (a basket in any order). Unknown
+                ids are ignored and named in the result; beyond the model's window only the most
+                recent are kept; for baskets an item repeated counts once. Empty (or nothing
+                known): the most popular items (``cold_start``).
+            k: how many items (default: the options' ``k``); more than the items left after the
+                filters returns all of them (``k_reduced``).
+            exclude: item ids never to return (e.g. out of stock).
+            allow: when given, only these item ids may be returned (e.g. the in-stock list).
+            exclude_history: leave out the items already in the history (default True).
+
+        Raises:
+            InputError: ``history``, ``exclude`` or ``allow`` is a single string or holds
+                something that is not a string, or ``k`` is not a positive integer.
+            InferenceError: the runtime failed, or the recommender is closed.
+        """
+        t0 = time.perf_counter()
+        k_wanted = self._options.k if k is None else k
+        if not is_positive_int(k_wanted):
+            raise InputError(f"k must be a positive integer, got {k_wanted!r}; pass e.g. k=10")
+        known, unknown, unknown_count = self._lookup(_ids(history, "history"))
+        if self._spec.kind == "baskets":
+            known = list(dict.fromkeys(reversed(known)))[::-1]  # a set: keep each item's latest place
+        dropped = max(0, len(known) - self._spec.max_len)
+        window = known[dropped:]
+        # Items dropped from the window are still in the basket: they are excluded too.
+        candidates, unknown_filter = self._candidates(known if exclude_history else [], exclude, allow)
+        t1 = time.perf_counter()
+        scores = self._encode_and_score(window) if window else self._items.popularity
+        t2 = time.perf_counter()
+        top = _top_k(scores, candidates, k_wanted)
+        t3 = time.perf_counter()
+        catalogue = self._items.catalogue
+        items = tuple(
+            RecommendedItem(index=int(i), id=catalogue.ids[i], name=catalogue.names[i], score=float(scores[i]))
+            for i in top
+        )
+        return Recommendations(
+            items=items,
+            timings=RecTimings(
+                encode_ms=(t2 - t1) * 1e3 if window else 0.0, score_ms=(t3 - t2) * 1e3, total_ms=(t3 - t0) * 1e3
+            ),
+            ran=self.info,
+            k_requested=k_wanted,
+            k_reduced=len(items) < k_wanted,
+            cold_start=not window,
+            history_used=len(window),
+            dropped=dropped,
+            max_len=self._spec.max_len,
+            unknown_ids=unknown,
+            unknown_count=unknown_count,
+            unknown_filter_ids=unknown_filter,
+        )
+
+    def _lookup(self, ids: Sequence[str]) -> tuple[list[int], tuple[str, ...], int]:
+        known: list[int] = []
+        unknown: dict[str, None] = {}
+        count = 0
+        for item in ids:
+            index = self._index.get(item)
+            if index is None:
+                unknown[item] = None
+                count += 1
+            else:
+                known.append(index)
+        return known, tuple(unknown), count
+
+    def _candidates(
+        self, history: Sequence[int], exclude: Iterable[str], allow: Iterable[str] | None
+    ) -> tuple[np.ndarray, tuple[str, ...]]:
+        """A boolean mask of the items that may be returned, and the filter ids not in the catalogue."""
+        excluded, unknown_excluded, _ = self._lookup(_ids(exclude, "exclude"))
+        if allow is None:
+            mask = np.ones(self._items.n_items, bool)
+            unknown_allowed: tuple[str, ...] = ()
+        else:
+            allowed, unknown_allowed, _ = self._lookup(_ids(allow, "allow"))
+            mask = np.zeros(self._items.n_items, bool)
+            mask[allowed] = True
+        mask[list(history)] = False
+        mask[excluded] = False
+        return mask, tuple(dict.fromkeys((*unknown_excluded, *unknown_allowed)))
+
+    def _encode_and_score(self, window: Sequence[int]) -> np.ndarray:
+        batch = np.zeros((1, self._spec.max_len), np.int32)
+        # index + 1, left-padded, newest last: the encoder's input contract (sdk/rec_manifest.py).
+        batch[0, self._spec.max_len - len(window) :] = np.asarray(window, np.int32) + 1
+        raw = self.model.run({self._input_name: batch})[self._output.name]
+        if self._output.quantization is not None:
+            raw = self._output.quantization.dequantize(raw)
+        user = raw.reshape(-1).astype(np.float32, copy=False)
+        scores = self._table @ user
+        return scores + self._items.bias if self._items.bias is not None else scores
+
+    def close(self) -> None:
+        """Release the runtime session; later calls raise InferenceError. Closing twice is fine."""
+        self.model.close()
+
+    def __enter__(self) -> Recommender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def check_encoder(bundle: Bundle) -> RecommendationSpec:
+    """The bundle's recommendation section, after checking its encoder's tensors fit it.
+
+    Raises:
+        ConfigError: the bundle is not a recommendation bundle with item files.
+        BundleError: the encoder's input is not (batch, max_len) int32 or its output width is
+            not the item table's dim (naming the model file and the table file).
+    """
+    manifest = bundle.manifest
+    spec = manifest.recommendation
+    if manifest.task is not Task.RECOMMENDATION or spec is None:
+        raise ConfigError(
+            f"bundle {bundle.path} is a {manifest.task.value} bundle without item files; Recommender needs a "
+            "recommendation bundle (converters.export.rec_bundle.package_recommender writes one)"
+        )
+    where = f"{bundle.path}: {manifest.model_file}"
+    history = manifest.inputs[0]
+    if len(manifest.inputs) != 1 or history.dtype != "int32" or len(history.shape) != 2:
+        raise BundleError(f"{where}: the encoder must take one (batch, max_len) int32 input, it takes {history}")
+    if history.shape[1] not in (-1, spec.max_len):
+        raise BundleError(
+            f"{where}: input {history.name!r} holds {history.shape[1]} items but the manifest says max_len "
+            f"{spec.max_len}; re-package the bundle"
+        )
+    user = manifest.outputs[0]
+    if len(user.shape) != 2 or user.shape[-1] != spec.dim:
+        raise BundleError(
+            f"{where}: output {user.name!r} has shape {user.shape} but {spec.table_file} holds {spec.dim}-dim "
+            f"item vectors; the table does not belong to this model: re-package the bundle"
+        )
+    return spec
+
+
+def check_items(bundle: Bundle, spec: RecommendationSpec, items: ItemTable) -> None:
+    """Refuse an item table that does not match the manifest (already read: a defensive recheck).
+
+    Raises:
+        BundleError: naming the table and catalogue files and the sizes that differ.
+    """
+    if (items.n_items, items.dim, len(items.catalogue)) != (spec.n_items, spec.dim, spec.n_items):
+        raise BundleError(
+            f"{bundle.path}: {spec.table_file} is {items.n_items} x {items.dim} with {len(items.catalogue)} "
+            f"catalogue items in {spec.catalogue_file}, the manifest says {spec.n_items} x {spec.dim}; "
+            "re-package the bundle"
+        )
+
+
+def _ids(values: Iterable[str] | None, what: str) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, (str, bytes)):
+        raise InputError(f"{what} is a single string {values!r}; pass a list of item ids, e.g. [{values!r}]")
+    ids = list(values)
+    bad = [v for v in ids if not isinstance(v, str)]
+    if bad:
+        raise InputError(f"{what} holds {bad[0]!r} ({type(bad[0]).__name__}); item ids are strings as in the catalogue")
+    return ids
+
+
+def _top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best candidates, best first; ties broken by the lower index."""
+    allowed = np.flatnonzero(candidates)
+    if len(allowed) == 0:
+        return allowed
+    if len(allowed) == len(scores):
+        pool, values = None, scores
+    else:
+        pool, values = allowed, scores[allowed]
+    k = min(k, len(values))
+    if k < len(values):
+        best = np.argpartition(values, len(values) - k)[len(values) - k :]
+    else:
+        best = np.arange(len(values))
+    # lexsort: by score descending, then index ascending, so equal scores order stably.
+    ordered = best[np.lexsort((best, -values[best]))]
+    return ordered if pool is None else pool[ordered]

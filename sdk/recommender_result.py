@@ -1,0 +1,193 @@
+"""The value types of :class:`~sdk.recommender.Recommender`: its options and its results.
+
+All frozen dataclasses: immutable, safe to share across threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from sdk.enums import Device, FallbackPolicy, Runtime, _StrEnum
+from sdk.errors import ConfigError
+from sdk.profiles import HardwareProfile
+from sdk.runtime import SessionInfo
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecommenderOptions:
+    """How to open a recommendation bundle and recommend with it (the ClassifierOptions shape).
+
+    Checked when constructed; strings for ``runtime``, ``device`` and ``fallback`` are parsed
+    case-insensitively and stored as their enums. Immutable, so one instance may be shared
+    across threads and recommenders.
+
+    Attributes:
+        profile: hardware profile id, YAML path or loaded profile; its runtime, device, runtime
+            options and fallback policy apply unless overridden below.
+        runtime: ``litert``, ``openvino``, ``onnxruntime`` or ``tensorflow`` (default: the
+            profile's when it can open the bundle, else the first runtime for its format).
+        device: ``CPU``, ``GPU``, ``NPU``, ``TPU`` or ``AUTO`` (default: the profile's, else CPU).
+        fallback: ``strict`` or ``record`` (default: the profile's, else ``record``).
+        threads: inference threads (default: the profile's, else the runtime's own).
+        k: items :meth:`~sdk.recommender.Recommender.recommend` returns when not told.
+
+    Raises:
+        ConfigError: a field has the wrong type or an unknown value; the message names the
+            field and what to pass instead.
+    """
+
+    profile: str | Path | HardwareProfile | None = None
+    runtime: Runtime | str | None = None
+    device: Device | str | None = None
+    fallback: FallbackPolicy | str | None = None
+    threads: int | None = None
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.profile is not None and not (
+            isinstance(self.profile, (Path, HardwareProfile)) or (isinstance(self.profile, str) and self.profile)
+        ):
+            raise ConfigError(
+                f"RecommenderOptions.profile is {self.profile!r}; pass a profile id such as 'x86-kiosk-cpu', "
+                "a profile YAML path, a HardwareProfile, or None"
+            )
+        object.__setattr__(self, "runtime", _choice(self.runtime, Runtime, "runtime"))
+        object.__setattr__(self, "device", _choice(self.device, Device, "device"))
+        object.__setattr__(self, "fallback", _choice(self.fallback, FallbackPolicy, "fallback"))
+        if self.threads is not None and not is_positive_int(self.threads):
+            raise ConfigError(
+                f"RecommenderOptions.threads is {self.threads!r}; pass a positive integer such as threads=2, "
+                "or None for the profile's or runtime's default"
+            )
+        if not is_positive_int(self.k):
+            raise ConfigError(f"RecommenderOptions.k is {self.k!r}; pass a positive integer such as k=10")
+
+
+def is_positive_int(value: object) -> bool:
+    """An int >= 1 that is not a bool (``k=True`` is a mistake, not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _choice(value: object, enum_type: type[_StrEnum], field: str) -> _StrEnum | None:
+    if value is None:
+        return None
+    choices = ", ".join(repr(m.value) for m in enum_type)
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"RecommenderOptions.{field} is a {type(value).__name__} ({value!r}); pass one of {choices} or None"
+        )
+    try:
+        return enum_type.parse(value, f"RecommenderOptions.{field}")
+    except ValueError as e:
+        raise ConfigError(f"{e}; pass one of those, or None for the profile's choice") from e
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecommendedItem:
+    """One recommended item: its row in the table, catalogue id and name, and score.
+
+    The score is ``user @ table[index] + bias[index]``; on a cold start, the popularity count.
+    """
+
+    index: int
+    id: str
+    name: str
+    score: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecTimings:
+    """Milliseconds: the encoder run (0 on a cold start), scoring + filters + top-k, the whole call."""
+
+    encode_ms: float
+    score_ms: float
+    total_ms: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "encode_ms": round(self.encode_ms, 3),
+            "score_ms": round(self.score_ms, 3),
+            "total_ms": round(self.total_ms, 3),
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recommendations:
+    """What :meth:`~sdk.recommender.Recommender.recommend` returns, and everything it decided.
+
+    Attributes:
+        items: best first.
+        timings: see :class:`RecTimings`.
+        ran: what ran the encoder (runtime, version, device, precision, fallback).
+        k_requested: the k asked for; ``k_reduced`` is true when fewer items could be returned
+            (fewer allowed items than k: all of them are).
+        cold_start: no known history item: the most popular items were returned.
+        history_used: the items fed to the encoder (known, deduplicated for baskets, in window).
+        dropped: the oldest known items left out because the history was longer than ``max_len``.
+        unknown_ids: history ids not in the catalogue (each once, first seen first), ignored;
+            ``unknown_count`` counts every occurrence.
+        unknown_filter_ids: ``exclude`` / ``allow`` ids not in the catalogue, ignored.
+    """
+
+    items: tuple[RecommendedItem, ...]
+    timings: RecTimings
+    ran: SessionInfo
+    k_requested: int
+    k_reduced: bool
+    cold_start: bool
+    history_used: int
+    dropped: int
+    max_len: int
+    unknown_ids: tuple[str, ...] = ()
+    unknown_count: int = 0
+    unknown_filter_ids: tuple[str, ...] = ()
+
+    @property
+    def truncated(self) -> bool:
+        """The history was longer than the model's window: only the most recent items were used."""
+        return self.dropped > 0
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(item.id for item in self.items)
+
+    def notes(self) -> tuple[str, ...]:
+        """One sentence per thing the call decided for the caller (empty when nothing)."""
+        notes = []
+        if self.unknown_ids:
+            notes.append(
+                f"{self.unknown_count} history item(s) not in the catalogue were ignored: "
+                + ", ".join(self.unknown_ids)
+            )
+        if self.truncated:
+            notes.append(
+                f"history longer than the model's window of {self.max_len}: the {self.dropped} oldest "
+                "item(s) were left out"
+            )
+        if self.cold_start:
+            notes.append("no known history: the most popular items (cold start)")
+        if self.k_reduced:
+            notes.append(f"only {len(self.items)} item(s) left after the filters, fewer than k={self.k_requested}")
+        if self.unknown_filter_ids:
+            notes.append("exclude/allow ids not in the catalogue were ignored: " + ", ".join(self.unknown_filter_ids))
+        return tuple(notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": [dataclasses.asdict(item) for item in self.items],
+            "timings": self.timings.to_dict(),
+            "k_requested": self.k_requested,
+            "k_reduced": self.k_reduced,
+            "cold_start": self.cold_start,
+            "history_used": self.history_used,
+            "truncated": self.truncated,
+            "dropped": self.dropped,
+            "max_len": self.max_len,
+            "unknown_ids": list(self.unknown_ids),
+            "unknown_count": self.unknown_count,
+            "unknown_filter_ids": list(self.unknown_filter_ids),
+            "notes": list(self.notes()),
+            "ran": self.ran.to_dict(),
+        }
