@@ -11,6 +11,7 @@ assembled in a hidden sibling directory and renamed into place, as ``package`` d
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -24,8 +25,8 @@ from converters.export.package import Lineage, PackageSpec, bundle_dir_name, che
 
 # The export driver's own helpers: formats are parsed and step configs filled exactly as export() does.
 from converters.export.pipeline import _NAME, DEFAULT_FORMATS, EXPORT_STEPS, _config, _parse_formats
-from converters.export.source import OpenedSource, load_source, open_source
-from converters.export.steps import ModelMetadata, run_step
+from converters.export.source import OpenedSource, SourceModel, load_source, open_source
+from converters.export.steps import ExportStep, ModelMetadata, run_step
 from sdk.bundle import Bundle, write_bundle
 from sdk.enums import ModelFormat, OutputKind, Precision, Task
 from sdk.errors import ConfigError
@@ -92,59 +93,50 @@ def package_recommender(
     """
     say = progress or (lambda line: None)
     chosen = [EXPORT_STEPS[f] for f in _parse_formats(formats)]
-    precision = _table_precision(table_precision)
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
-            f"package_recommender: name {name!r} must start with a letter or digit and use only letters, "
-            "digits, '.', '_', '-'"
-        )
-    if kind not in KINDS:
-        raise ConfigError(f"package_recommender: kind {kind!r} is not one of: {', '.join(KINDS)}")
+    precision = _check_scalars(name, kind, table_precision)
     table = np.asarray(item_table)
-    step_configs = {s.format: _config(s, (configs or {}).get(s.format), METADATA) for s in chosen}
-    for step in chosen:
-        step.check_config(step_configs[step.format])
     out_dir = Path(out_dir)
-    package_specs = {
-        s.format: PackageSpec(name=name, format=s.format, precision=step_configs[s.format].precision, metadata=METADATA)
-        for s in chosen
-    }
-    targets = {f: out_dir / bundle_dir_name(name, f, s.precision) for f, s in package_specs.items()}
-    for target in targets.values():
-        check_bundle_target(target, overwrite)
+    targets = _targets(chosen, name, configs, out_dir, overwrite)
     say("reading encoder…")
     opened = open_source(encoder)
     for step in chosen:
         step.check_source(opened.kind, True, opened.description)
-    dim = _check_encoder(opened, table)
     spec = RecommendationSpec(
+        dim=_check_encoder(opened, table),  # first: it checks the table's shape
         n_items=int(table.shape[0]),
-        dim=dim,
         max_len=_window(opened, max_len),
         kind=kind,
         table_precision=precision,
         has_bias=item_bias is not None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    bundles: dict[ModelFormat, Bundle] = {}
     with tempfile.TemporaryDirectory(prefix=f".{name}-work-", dir=out_dir) as work_dir:
         work = Path(work_dir)
-        items_dir = work / "items"
-        items_dir.mkdir()
+        (work / "items").mkdir()
         # Written (and so checked) once, before any export; each bundle gets a copy.
-        write_item_files(items_dir, spec, table=table, bias=item_bias, catalogue=catalogue, popularity=popularity)
+        write_item_files(work / "items", spec, table=table, bias=item_bias, catalogue=catalogue, popularity=popularity)
         say("preparing encoder…")
         source = load_source(opened, work / "source", saved_model=any(s.needs_saved_model for s in chosen))
-        for step in chosen:
-            say(f"exporting {step.format.value}…")
-            model_file, record = run_step(step, source, step_configs[step.format], work / step.format.value)
-            lineage = Lineage(source=source, steps=(*steps, *source.lineage(step.needs_saved_model), record))
-            bundles[step.format] = _package_with_items(
-                model_file, targets[step.format], package_specs[step.format], lineage, spec, items_dir
-            )
-            bundle = bundles[step.format]
-            say(f"{step.format.value}: {bundle.path} ({bundle.size_bytes() / 1024:.0f} KiB, {record.seconds:.1f} s)")
-    return bundles
+        lineage = {s.format: (*steps, *source.lineage(s.needs_saved_model)) for s in chosen}
+        return {s.format: _export_one(s, source, targets[s.format], lineage[s.format], spec, work, say) for s in chosen}
+
+
+def _export_one(
+    step: ExportStep,
+    source: SourceModel,
+    target: _Target,
+    lineage_steps: Sequence[Step],
+    spec: RecommendationSpec,
+    work: Path,
+    say: Callable[[str], None],
+) -> Bundle:
+    """Run one format step and package its model with the item files written in ``work/items``."""
+    say(f"exporting {step.format.value}…")
+    model_file, record = run_step(step, source, target.config, work / step.format.value)
+    lineage = Lineage(source=source, steps=(*lineage_steps, record))
+    bundle = _package_with_items(model_file, target.path, target.spec, lineage, spec, work / "items")
+    say(f"{step.format.value}: {bundle.path} ({bundle.size_bytes() / 1024:.0f} KiB, {record.seconds:.1f} s)")
+    return bundle
 
 
 def add_items_from(target: Bundle, source: Bundle) -> Bundle:
@@ -193,6 +185,42 @@ def _package_with_items(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Bundle.open(target)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Target:
+    """One format's export step config, bundle spec and bundle directory."""
+
+    config: Any
+    spec: PackageSpec
+    path: Path
+
+
+def _targets(
+    chosen: Sequence[ExportStep], name: str, configs: Mapping[ModelFormat, Any] | None, out_dir: Path, overwrite: bool
+) -> dict[ModelFormat, _Target]:
+    """Each step's config (checked), bundle spec and target directory (checked free or replaceable)."""
+    targets = {}
+    for step in chosen:
+        config = _config(step, (configs or {}).get(step.format), METADATA)
+        step.check_config(config)
+        spec = PackageSpec(name=name, format=step.format, precision=config.precision, metadata=METADATA)
+        path = out_dir / bundle_dir_name(name, step.format, spec.precision)
+        check_bundle_target(path, overwrite)
+        targets[step.format] = _Target(config=config, spec=spec, path=path)
+    return targets
+
+
+def _check_scalars(name: str, kind: str, table_precision: str | Precision) -> Precision:
+    """The table precision, after checking the bundle name, the kind and the precision."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"package_recommender: name {name!r} must start with a letter or digit and use only letters, "
+            "digits, '.', '_', '-'"
+        )
+    if kind not in KINDS:
+        raise ConfigError(f"package_recommender: kind {kind!r} is not one of: {', '.join(KINDS)}")
+    return _table_precision(table_precision)
 
 
 def _table_precision(value: str | Precision) -> Precision:
