@@ -137,6 +137,7 @@ def distill_recommender(
     log: Log = print,
     *,
     force: bool = False,
+    soft_target_cache: str | os.PathLike | None = None,
 ) -> DistillRecResult:
     """Train (or reuse) the student on ``split``; write ``student/`` and ``distill.json`` under ``out_dir``.
 
@@ -148,6 +149,8 @@ def distill_recommender(
         out_dir: output directory (created); the teacher's soft targets are cached here too.
         log: progress lines.
         force: train again even when a matching finished run is in ``out_dir``.
+        soft_target_cache: where the teacher's soft targets are cached (default ``out_dir``); one
+            folder shared by several students scores the training examples with the teacher once.
 
     Raises:
         ConfigError: the config is invalid, ``alpha > 0`` without a teacher, the teacher's catalogue
@@ -178,7 +181,13 @@ def distill_recommender(
         soft = timed(
             "teacher scores",
             lambda: teacher_soft_targets(
-                teacher_model, teacher_len, histories, top_k=config.top_k, cache_dir=out, cache_key=key, log=log
+                teacher_model,
+                teacher_len,
+                histories,
+                top_k=config.top_k,
+                cache_dir=Path(soft_target_cache or out),
+                cache_key=key,
+                log=log,
             ),
         )
     student_config = config.student_config(split.n_items, split.interactions.kind)
@@ -194,18 +203,39 @@ def distill_recommender(
     )
     student = RecStudent.from_models(encoder, model, student_config)
     student.save(out / STUDENT_DIR)
-    report = {
+    run = {"examples": len(targets), "teacher": teacher_id if config.alpha else None, "macs_per_request": macs}
+    report = _report(split, config, (config_sha, data_sha), student, run, history, best, timed)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log(
+        f"[rec-distill] best epoch {best['epoch']}: val NDCG@{K} {best[f'ndcg@{K}']:.4f}; "
+        f"{format_seconds(report['train_seconds'])}; wrote {out / REPORT_FILE}"
+    )
+    return _result(out, report, student, cached=False)
+
+
+def _report(
+    split: RecSplit,
+    config: DistillRecConfig,
+    hashes: tuple[str, str],
+    student: RecStudent,
+    run: dict[str, Any],
+    history: list[dict[str, float]],
+    best: dict[str, float],
+    timed: StageTimer,
+) -> dict[str, Any]:
+    """``distill.json``: config, hashes, data, cost, per-epoch validation, the best epoch, timings, host."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "student": STUDENT_DIR,
         "kind": split.interactions.kind,
         "config": dataclasses.asdict(config),
-        "config_hash": config_sha,
-        "data_hash": data_sha,
-        "teacher": teacher_id if config.alpha else None,
+        "config_hash": hashes[0],
+        "data_hash": hashes[1],
+        "teacher": run["teacher"],
         "data": {"source": split.interactions.source, "split": split.describe(), "n_items": split.n_items},
-        "examples": len(targets),
+        "examples": run["examples"],
         "params": student.params,
-        "macs_per_request": macs,
+        "macs_per_request": run["macs_per_request"],
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "val": {key: value for key, value in best.items() if key != "epoch"} | {"cases": len(split.valid)},
@@ -216,12 +246,6 @@ def distill_recommender(
         "tool_versions": tool_versions(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    log(
-        f"[rec-distill] best epoch {best['epoch']}: val NDCG@{K} {best[f'ndcg@{K}']:.4f}; "
-        f"{format_seconds(report['train_seconds'])}; wrote {out / REPORT_FILE}"
-    )
-    return _result(out, report, student, cached=False)
 
 
 def _open_teacher(teacher: Any, config: DistillRecConfig) -> tuple[Any, int, Path | None, str]:
