@@ -178,16 +178,11 @@ def distill_recommender(
                 f"{split.n_items}; train the teacher on the same split"
             )
         key = soft_target_key(teacher_path, teacher_id, split, window)
+        cache = Path(soft_target_cache or out)
         soft = timed(
             "teacher scores",
             lambda: teacher_soft_targets(
-                teacher_model,
-                teacher_len,
-                histories,
-                top_k=config.top_k,
-                cache_dir=Path(soft_target_cache or out),
-                cache_key=key,
-                log=log,
+                teacher_model, teacher_len, histories, top_k=config.top_k, cache_dir=cache, cache_key=key, log=log
             ),
         )
     student_config = config.student_config(split.n_items, split.interactions.kind)
