@@ -6,9 +6,10 @@ whole users) with replacement, not cases: the hide-one-item cases of one basket 
 and are not independent, so resampling cases would give intervals that are too narrow. Coverage,
 a property of the whole set of top-10 lists rather than a mean over cases, is recomputed on each
 resample from the lists of the drawn groups. A resample repeats some groups and misses others,
-and a missed group can only remove items from the union, so coverage's interval lies at or below
-its point estimate: read it as how much the coverage depends on which baskets or users were drawn;
-the paired difference of two models' coverage is not biased that way.
+and a missed group can only remove items from the union, so the raw resampled coverages sit below
+the point estimate; their distribution is shifted by that bias (point minus the resamples' mean)
+before the percentiles are taken, so coverage's interval, and the paired difference's, is centred
+on what was measured and says how much it depends on which baskets or users were drawn.
 
 Two models ranked on the same cases are compared *paired*: one set of resampled groups serves
 both, and the interval of the difference decides: "A better", "B better" or "not different".
@@ -157,6 +158,7 @@ def _metric_samples(
     boot_coverage = np.concatenate(
         [np.count_nonzero(drawn[s : s + _CHUNK] @ presence > 0, axis=1) for s in range(0, len(drawn), _CHUNK)]
     ) / float(ranked.n_items)
+    boot_coverage += point_coverage - boot_coverage.mean()  # the union's downward bias, see the module doc
     point = np.append(point_means, point_coverage)
     boot = np.concatenate([boot_means, boot_coverage[:, None]], axis=1)
     return point, boot

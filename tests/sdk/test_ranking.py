@@ -159,9 +159,9 @@ def test_ranking_report_succeeds_with_intervals_around_the_point_that_narrow_wit
     for n_groups in (40, 1000):
         ranks = rng.integers(1, 40, size=3 * n_groups)
         report = ranking_report(_ranked(ranks, np.repeat(np.arange(n_groups), 3)))
-        for name in METRICS[:-1]:
+        for name in METRICS:  # coverage too: its resamples are shifted by the union's bias
             m = report.metric(name)
-            assert m.low <= m.value <= m.high, name
+            assert m.low - 1e-9 <= m.value <= m.high + 1e-9, name
         widths[n_groups] = {n: report.metric(n).high - report.metric(n).low for n in METRICS[:-1]}
         assert report.n_groups == n_groups and report.n_cases == 3 * n_groups
     for name in METRICS[:-1]:
