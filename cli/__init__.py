@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("cli.classify", "classify images with a bundle on a runtime/device"),
     "recommend": ("cli.recommend", "recommend items for a basket or history with a recommendation bundle"),
     "eval": ("cli.eval", "accuracy of bundles on a labelled image dataset, through sdk.load"),
+    "rec-distill": (
+        "cli.rec_distill",
+        "the on-device recommendation student with and without KD at equal epochs, vs the teacher, with CIs",
+    ),
     "rec-compare": (
         "cli.rec_compare",
         "recommenders side by side on a dataset (popularity, item-kNN, EASE, ALS): HR/NDCG/MRR/coverage with CIs",

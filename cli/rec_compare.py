@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher", action="store_true", help="also train (or reuse) the self-attention teacher and rank it"
     )
+    parser.add_argument(
+        "--teacher-dir", help="where the teacher is trained and cached (default out/rec-teacher/<dataset>)"
+    )
     parser.add_argument("--teacher-epochs", type=int, help="the teacher's most epochs (default 30, early stop)")
     parser.add_argument("--no-tune", action="store_true", help="use each baseline's defaults, no validation search")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = Path(args.out or Path("out") / "rec-compare" / dataset.name)
-    extra = [teacher_for(dataset, out / "teacher", epochs=args.teacher_epochs, log=log)] if args.teacher else []
+    teacher_dir = Path(args.teacher_dir or Path("out") / "rec-teacher" / dataset.name)  # shared with rec-distill
+    extra = [teacher_for(dataset, teacher_dir, epochs=args.teacher_epochs, log=log)] if args.teacher else []
     comparison = compare_recommenders(dataset, config, extra=extra, log=log)
     paths = write_comparison(comparison, out)
     log(f"[rec-compare] {len(comparison.rows)} models in {comparison.seconds:.1f} s; report: {paths['markdown']}")

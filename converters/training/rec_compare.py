@@ -117,7 +117,7 @@ class RecComparison:
             f"## Test ranking quality\n\n{markdown_table([row.report for row in self.rows])}\n\n"
             f"## Cost and the settings chosen on validation\n\n"
             f"| model | params | fit s | valid NDCG@10 | score ms / case |\n|---|---|---|---|---|\n{costs}\n\n"
-            f"## Is the best ({self.best}) really better?\n\n{paired}\n"
+            f"## Paired comparisons (best by NDCG@10: {self.best})\n\n{paired}\n"
         )
 
 
@@ -126,6 +126,7 @@ def compare_recommenders(
     config: RecCompareConfig = RecCompareConfig(),
     *,
     extra: Sequence[tuple[RecModel, float]] = (),
+    pairs: Sequence[tuple[str, str]] = (),
     log: Log = print,
 ) -> RecComparison:
     """Fit, choose and rank every baseline (plus ``extra`` models already fitted) on ``dataset``.
@@ -134,6 +135,7 @@ def compare_recommenders(
         dataset: the data and its split (:func:`sdk.rec_datasets.open_rec_dataset`).
         config: which baselines, tuning, bootstrap.
         extra: other models (a trained teacher, a student) with the seconds their training took.
+        pairs: ``(a, b)`` model names to compare paired; default: the best by NDCG@10 vs each other.
         log: one line per model.
 
     Raises:
@@ -173,7 +175,12 @@ def compare_recommenders(
         ranked.append(ranking)
         log(f"[rec-compare] {model.name}: test NDCG@10 {report.metric('ndcg@10').format()} (fit {fit_seconds:.1f} s)")
     best = max(range(len(rows)), key=lambda i: rows[i].report.metric("ndcg@10").value)
-    paired = tuple(_paired(ranked[best], ranked[i], config) for i in range(len(rows)) if i != best)
+    index = {row.name: i for i, row in enumerate(rows)}
+    unknown = [name for pair in pairs for name in pair if name not in index]
+    if unknown:
+        raise ConfigError(f"pairs name {', '.join(unknown)}, which were not ranked; ranked: {', '.join(index)}")
+    chosen = [(index[a], index[b]) for a, b in pairs] or [(best, i) for i in range(len(rows)) if i != best]
+    paired = tuple(_paired(ranked[a], ranked[b], config) for a, b in chosen)
     return RecComparison(
         dataset=dataset.name,
         note=dataset.note,
@@ -227,7 +234,13 @@ def teacher_for(
             f"{result.model_path}: cannot load the trained teacher ({e}); rerun with a fresh --out"
         ) from e
     kind = "SASRec" if dataset.interactions.kind == "sequences" else "set attention"
-    params = {"dim": config.dim, "blocks": config.blocks, "window": config.max_len, "best_epoch": result.best_epoch}
+    params = {
+        "dim": config.dim,
+        "blocks": config.blocks,
+        "window": config.max_len,
+        "best_epoch": result.best_epoch,
+        "macs": result.macs_per_request,
+    }
     scorer = KerasRecModel(
         name=f"teacher ({kind})", n_items=dataset.split.n_items, params=params, model=model, max_len=config.max_len
     )

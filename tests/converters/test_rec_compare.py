@@ -29,7 +29,7 @@ def test_compare_recommenders_succeeds_with_co_occurrence_beating_popularity(tmp
     paths = write_comparison(comparison, tmp_path)
     payload = json.loads(paths["json"].read_text())
     assert [row["name"] for row in payload["rows"]] == ["popularity", "item-knn", "ease"]
-    assert "Is the best" in paths["markdown"].read_text() and paths["plot"].stat().st_size > 1000
+    assert "Paired comparisons" in paths["markdown"].read_text() and paths["plot"].stat().st_size > 1000
     assert any("test NDCG@10" in line for line in lines)
 
 
@@ -52,7 +52,8 @@ def test_cli_rec_compare_succeeds_with_json_on_synthetic_sequences(tmp_path: Pat
 def test_cli_rec_compare_succeeds_with_the_teacher_trained_then_reused(tmp_path: Path, capsys) -> None:
     pytest.importorskip("keras")
     args = ["rec-compare", "--dataset", "synthetic-baskets", "--baselines", "popularity", "--no-tune",
-            "--teacher", "--teacher-epochs", "1", "--resamples", "100", "--out", str(tmp_path), "--json"]  # fmt: skip
+            "--teacher", "--teacher-epochs", "1", "--teacher-dir", str(tmp_path / "teacher"), "--resamples", "100",
+            "--out", str(tmp_path), "--json"]  # fmt: skip
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in first["rows"]] == ["popularity", "teacher (set attention)"]
@@ -60,3 +61,18 @@ def test_cli_rec_compare_succeeds_with_the_teacher_trained_then_reused(tmp_path:
     assert main(args) == 0  # the second run reuses the trained teacher: the same scores
     second = json.loads(capsys.readouterr().out)
     assert second["rows"][1]["test"] == first["rows"][1]["test"]
+
+
+def test_cli_rec_distill_succeeds_with_kd_twin_and_teacher_compared_paired(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("keras")
+    args = ["rec-distill", "--dataset", "synthetic-baskets", "--dim", "8", "--epochs", "1", "--teacher-epochs", "1",
+            "--teacher-dir", str(tmp_path / "teacher"), "--resamples", "100", "--out", str(tmp_path),
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    names = [row["name"] for row in payload["rows"]]
+    assert names == ["teacher (set attention)", "student, labels only", "student, KD"]
+    pairs = [(p["model_a"], p["model_b"]) for p in payload["paired_vs_best"]]
+    assert pairs[0] == ("student, KD", "student, labels only")
+    kd = payload["rows"][2]["params"]
+    assert kd["shape"] == "mean" and kd["dim"] == 8 and 0 < kd["macs_vs_teacher"] < 1

@@ -1,0 +1,61 @@
+"""``shelfedge rec-distill --dataset movielens``: the recommendation student with and without KD vs the teacher."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli import emit, log
+from converters.training.rec_compare import write_comparison
+from converters.training.rec_distill import DistillRecConfig
+from converters.training.rec_distill_compare import compare_distillation
+from sdk.rec_datasets import NAMED, open_rec_dataset
+
+SHAPES = ("mean", "recency", "attention", "last_query", "gru")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="baskets", help=f"{', '.join(NAMED)}, a CSV file or a MovieLens folder")
+    parser.add_argument("--kind", choices=("baskets", "sequences"), help="for a CSV file: what its rows are")
+    parser.add_argument("--shape", choices=SHAPES, help="student encoder (default: mean for baskets, recency else)")
+    parser.add_argument("--dim", type=int, help="embedding size (default: 32 for baskets, 64 else)")
+    parser.add_argument("--epochs", type=int, help="student epochs, the same with and without KD (default 10 / 8)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
+    parser.add_argument("--temperature", type=float, default=2.0, help="softening temperature (default 2)")
+    parser.add_argument("--teacher-epochs", type=int, help="the teacher's most epochs (default 30, early stop)")
+    parser.add_argument(
+        "--teacher-dir", help="where the teacher is trained and cached (default out/rec-teacher/<dataset>)"
+    )
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="split, training and bootstrap seed (default 0)")
+    parser.add_argument("--out", help="output directory (default out/rec-distill/<dataset>)")
+    parser.epilog = "example: shelfedge rec-distill --dataset movielens --shape recency --dim 64 --epochs 8"
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = open_rec_dataset(args.dataset, kind=args.kind, seed=args.seed, fallback=args.dataset in NAMED)
+    baskets = dataset.interactions.kind == "baskets"
+    config = DistillRecConfig(
+        shape=args.shape or ("mean" if baskets else "recency"),
+        dim=args.dim or (32 if baskets else 64),
+        max_len=32 if baskets else 50,
+        epochs=args.epochs or (10 if baskets else 8),
+        alpha=args.alpha,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    out = Path(args.out or Path("out") / "rec-distill" / dataset.name)
+    comparison = compare_distillation(
+        dataset,
+        config,
+        teacher_dir=Path(args.teacher_dir or Path("out") / "rec-teacher" / dataset.name),
+        out_dir=out,
+        teacher_epochs=args.teacher_epochs,
+        resamples=args.resamples,
+        seed=args.seed,
+        log=log,
+    )
+    paths = write_comparison(comparison, out)
+    log(f"[rec-distill] report: {paths['markdown']}")
+    emit(args, comparison.to_dict(), lambda: comparison.markdown() + f"\nreports: {out}")
+    return 0
