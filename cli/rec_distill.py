@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from cli import emit, log
+from converters.export.rec_bundle import package_recommender
 from converters.training.rec_compare import write_comparison
-from converters.training.rec_distill import DistillRecConfig
+from converters.training.rec_distill import DistillRecConfig, DistillRecResult
 from converters.training.rec_distill_compare import compare_distillation
-from sdk.rec_datasets import NAMED, open_rec_dataset
+from sdk.rec_datasets import NAMED, RecDataset, open_rec_dataset
 
 SHAPES = ("mean", "recency", "attention", "last_query", "gru")
 
@@ -29,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="split, training and bootstrap seed (default 0)")
     parser.add_argument("--out", help="output directory (default out/rec-distill/<dataset>)")
+    parser.add_argument(
+        "--no-bundles", action="store_true", help="do not package the chosen student (LiteRT, OpenVINO, ONNX bundles)"
+    )
+    parser.add_argument(
+        "--table-precision", choices=("int8", "fp16", "fp32"), default="int8", help="item table in the bundles"
+    )
     parser.epilog = "example: shelfedge rec-distill --dataset movielens --shape recency --dim 64 --epochs 8"
 
 
@@ -45,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = Path(args.out or Path("out") / "rec-distill" / dataset.name)
-    comparison = compare_distillation(
+    result = compare_distillation(
         dataset,
         config,
         teacher_dir=Path(args.teacher_dir or Path("out") / "rec-teacher" / dataset.name),
@@ -55,7 +64,40 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         log=log,
     )
+    comparison = result.comparison
     paths = write_comparison(comparison, out)
     log(f"[rec-distill] report: {paths['markdown']}")
-    emit(args, comparison.to_dict(), lambda: comparison.markdown() + f"\nreports: {out}")
+    payload = comparison.to_dict()
+    if not args.no_bundles:
+        bundles = _package(dataset, result.chosen(), out / "bundles", args.table_precision)
+        payload["bundles"] = {fmt.value: str(bundle.path) for fmt, bundle in bundles.items()}
+    emit(args, payload, lambda: comparison.markdown() + f"\nreports: {out}")
     return 0
+
+
+def _package(dataset: RecDataset, chosen: DistillRecResult, out: Path, precision: str) -> dict:
+    """The chosen student as LiteRT, OpenVINO and ONNX bundles with its item table and catalogue."""
+    student = chosen.student
+    # Popularity from the training rows only: the cold-start answer must not know the test items.
+    popularity = np.zeros(dataset.split.n_items)
+    for row in dataset.split.train:
+        np.add.at(popularity, np.unique(row), 1.0)
+    name = f"{dataset.name}-{student.config.get('shape')}{student.config.get('dim')}"
+    log(f"[rec-distill] packaging {name} (best epoch {chosen.best_epoch}, val NDCG@10 {chosen.val_ndcg10:.4f})")
+    bundles = package_recommender(
+        student.encoder,
+        student.item_table,
+        student.item_bias,
+        dataset.interactions.catalogue,
+        popularity,
+        out_dir=out,
+        name=name,
+        kind=dataset.interactions.kind,
+        formats=("tflite", "openvino", "onnx"),
+        table_precision=precision,
+        max_len=student.max_len,
+        progress=lambda line: log(f"[rec-distill] {line}"),
+    )
+    for bundle in bundles.values():
+        log(f"[rec-distill] bundle: {bundle.path}")
+    return bundles

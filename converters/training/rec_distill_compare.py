@@ -40,6 +40,19 @@ class StudentScorer:
         return self.student.score(histories)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillComparison:
+    """The ranked comparison and the two trained students."""
+
+    comparison: RecComparison
+    kd: DistillRecResult
+    labels_only: DistillRecResult
+
+    def chosen(self) -> DistillRecResult:
+        """The student to ship: the better one on validation NDCG@10 (never the test cases)."""
+        return self.kd if self.kd.val_ndcg10 >= self.labels_only.val_ndcg10 else self.labels_only
+
+
 def compare_distillation(
     dataset: RecDataset,
     config: DistillRecConfig,
@@ -50,7 +63,7 @@ def compare_distillation(
     resamples: int = 1000,
     seed: int = 0,
     log: Log = print,
-) -> RecComparison:
+) -> DistillComparison:
     """Teacher, student with KD and its labels-only twin, ranked and compared on ``dataset``.
 
     Raises:
@@ -66,13 +79,14 @@ def compare_distillation(
         (_scorer(LABELS_NAME, twin, teacher.params.get("macs")), twin.train_seconds),
         (_scorer(KD_NAME, kd, teacher.params.get("macs")), kd.train_seconds),
     ]
-    return compare_recommenders(
+    comparison = compare_recommenders(
         dataset,
         RecCompareConfig(baselines=(), resamples=resamples, seed=seed),
         extra=extra,
         pairs=((KD_NAME, LABELS_NAME), (KD_NAME, teacher.name), (LABELS_NAME, teacher.name)),
         log=log,
     )
+    return DistillComparison(comparison=comparison, kd=kd, labels_only=twin)
 
 
 def _scorer(name: str, result: DistillRecResult, teacher_macs: int | None) -> StudentScorer:

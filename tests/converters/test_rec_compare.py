@@ -76,3 +76,8 @@ def test_cli_rec_distill_succeeds_with_kd_twin_and_teacher_compared_paired(tmp_p
     assert pairs[0] == ("student, KD", "student, labels only")
     kd = payload["rows"][2]["params"]
     assert kd["shape"] == "mean" and kd["dim"] == 8 and 0 < kd["macs_vs_teacher"] < 1
+    # The chosen student ships as bundles that `shelfedge recommend` serves.
+    assert sorted(payload["bundles"]) == ["onnx", "openvino", "tflite"]
+    assert main(["recommend", payload["bundles"]["tflite"], "--history", "category 004", "-k", "3", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["items"]) == 3 and "category 004" not in [item["id"] for item in answer["items"]]
