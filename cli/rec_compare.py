@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from cli import emit, log
-from converters.training.rec_compare import RecCompareConfig, compare_recommenders, teacher_for, write_comparison
 from sdk.rec_datasets import NAMED, open_rec_dataset
 
 
@@ -36,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the converters pull in TensorFlow, which every other command can do without.
+    from converters.training.rec_compare import RecCompareConfig, compare_recommenders, teacher_for, write_comparison
+
     dataset = open_rec_dataset(args.dataset, kind=args.kind, seed=args.seed, fallback=args.dataset in NAMED)
     config = RecCompareConfig(
         baselines=tuple(b.strip() for b in args.baselines.split(",") if b.strip()),

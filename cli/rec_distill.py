@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cli import emit, log
-from converters.export.rec_bundle import package_recommender
-from converters.training.rec_compare import write_comparison
-from converters.training.rec_distill import DistillRecConfig, DistillRecResult
-from converters.training.rec_distill_compare import compare_distillation
 from sdk.rec_datasets import NAMED, RecDataset, open_rec_dataset
 
 SHAPES = ("mean", "recency", "attention", "last_query", "gru")
@@ -42,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the converters pull in TensorFlow, which every other command can do without.
+    from converters.training.rec_compare import write_comparison
+    from converters.training.rec_distill import DistillRecConfig
+    from converters.training.rec_distill_compare import compare_distillation
+
     dataset = open_rec_dataset(args.dataset, kind=args.kind, seed=args.seed, fallback=args.dataset in NAMED)
     baskets = dataset.interactions.kind == "baskets"
     config = DistillRecConfig(
@@ -75,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _package(dataset: RecDataset, chosen: DistillRecResult, out: Path, precision: str) -> dict:
-    """The chosen student as LiteRT, OpenVINO and ONNX bundles with its item table and catalogue."""
+def _package(dataset: RecDataset, chosen: Any, out: Path, precision: str) -> dict:
+    """The chosen student (a ``DistillRecResult``) as LiteRT, OpenVINO and ONNX bundles with its item table."""
+    from converters.export.rec_bundle import package_recommender
+
     student = chosen.student
     # Popularity from the training rows only: the cold-start answer must not know the test items.
     popularity = np.zeros(dataset.split.n_items)

@@ -113,3 +113,15 @@ def test_sdk_core_contract_succeeds_with_every_core_module_listed() -> None:
     }
     core = {m for m in core if m != "sdk" and not m.startswith("sdk.qa") and m.count(".") == 1}
     assert core - set(contract["source_modules"]) == set()
+
+
+def test_cli_parser_succeeds_without_importing_tensorflow() -> None:
+    # Every command module is imported to build the parser: none may pull in TensorFlow at import
+    # time, or `shelfedge --version` takes seconds and prints TensorFlow's start-up lines.
+    import subprocess
+    import sys
+
+    code = "import sys, cli; cli.build_parser(); print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
