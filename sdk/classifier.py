@@ -17,11 +17,12 @@ import numpy as np
 
 from sdk import preprocess as pp
 from sdk.bundle import Bundle
-from sdk.enums import ColorOrder, Device, FallbackPolicy, OutputKind, Runtime, Task, _StrEnum
+from sdk.enums import ColorOrder, Device, FallbackPolicy, OutputKind, Runtime, Task
 from sdk.errors import ConfigError, InputError
 from sdk.loading import Model, load
 from sdk.profiles import HardwareProfile
 from sdk.runtime import SessionInfo
+from sdk.task_options import check_session_fields, is_positive_int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,43 +57,9 @@ class ClassifierOptions:
     top_k: int = 5
 
     def __post_init__(self) -> None:
-        if self.profile is not None and not (
-            isinstance(self.profile, (Path, HardwareProfile)) or (isinstance(self.profile, str) and self.profile)
-        ):
-            raise ConfigError(
-                f"ClassifierOptions.profile is {self.profile!r}; pass a profile id such as 'x86-kiosk-cpu', "
-                "a profile YAML path, a HardwareProfile, or None"
-            )
-        # Normalised here so that what the options say is what load() will be asked for.
-        object.__setattr__(self, "runtime", _choice(self.runtime, Runtime, "runtime"))
-        object.__setattr__(self, "device", _choice(self.device, Device, "device"))
-        object.__setattr__(self, "fallback", _choice(self.fallback, FallbackPolicy, "fallback"))
-        if self.threads is not None and not _is_positive_int(self.threads):
-            raise ConfigError(
-                f"ClassifierOptions.threads is {self.threads!r}; pass a positive integer such as threads=4, "
-                "or None for the profile's or runtime's default"
-            )
-        if not _is_positive_int(self.top_k):
+        check_session_fields(self)
+        if not is_positive_int(self.top_k):
             raise ConfigError(f"ClassifierOptions.top_k is {self.top_k!r}; pass a positive integer such as top_k=3")
-
-
-def _is_positive_int(value: object) -> bool:
-    # bool is an int subclass, but threads=True is a mistake, not "1".
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _choice(value: object, enum_type: type[_StrEnum], field: str) -> _StrEnum | None:
-    if value is None:
-        return None
-    choices = ", ".join(repr(m.value) for m in enum_type)
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"ClassifierOptions.{field} is a {type(value).__name__} ({value!r}); pass one of {choices} or None"
-        )
-    try:
-        return enum_type.parse(value, f"ClassifierOptions.{field}")
-    except ValueError as e:
-        raise ConfigError(f"{e}; pass one of those, or None for the profile's choice") from e
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -291,7 +258,7 @@ class ImageClassifier:
         if not images:
             raise InputError("classify_batch got no images; pass at least one")
         k_wanted = self._options.top_k if top_k is None else top_k
-        if not _is_positive_int(k_wanted):
+        if not is_positive_int(k_wanted):
             raise InputError(f"top_k must be a positive integer, got {k_wanted!r}; pass e.g. top_k=3")
         t0 = time.perf_counter()
         tensors = []

@@ -27,8 +27,9 @@ from sdk.loading import Model, load
 from sdk.profiles import HardwareProfile
 from sdk.rec_manifest import RecommendationSpec
 from sdk.recommender_items import ItemTable, read_item_files
-from sdk.recommender_result import Recommendations, RecommendedItem, RecommenderOptions, RecTimings, is_positive_int
+from sdk.recommender_result import Recommendations, RecommendedItem, RecommenderOptions, RecTimings
 from sdk.runtime import SessionInfo
+from sdk.task_options import is_positive_int
 
 __all__ = ["RecTimings", "Recommendations", "RecommendedItem", "Recommender", "RecommenderOptions"]
 

@@ -9,10 +9,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from sdk.enums import Device, FallbackPolicy, Runtime, _StrEnum
+from sdk.enums import Device, FallbackPolicy, Runtime
 from sdk.errors import ConfigError
 from sdk.profiles import HardwareProfile
 from sdk.runtime import SessionInfo
+from sdk.task_options import check_session_fields, is_positive_int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,42 +47,9 @@ class RecommenderOptions:
     k: int = 10
 
     def __post_init__(self) -> None:
-        if self.profile is not None and not (
-            isinstance(self.profile, (Path, HardwareProfile)) or (isinstance(self.profile, str) and self.profile)
-        ):
-            raise ConfigError(
-                f"RecommenderOptions.profile is {self.profile!r}; pass a profile id such as 'x86-kiosk-cpu', "
-                "a profile YAML path, a HardwareProfile, or None"
-            )
-        object.__setattr__(self, "runtime", _choice(self.runtime, Runtime, "runtime"))
-        object.__setattr__(self, "device", _choice(self.device, Device, "device"))
-        object.__setattr__(self, "fallback", _choice(self.fallback, FallbackPolicy, "fallback"))
-        if self.threads is not None and not is_positive_int(self.threads):
-            raise ConfigError(
-                f"RecommenderOptions.threads is {self.threads!r}; pass a positive integer such as threads=2, "
-                "or None for the profile's or runtime's default"
-            )
+        check_session_fields(self)
         if not is_positive_int(self.k):
             raise ConfigError(f"RecommenderOptions.k is {self.k!r}; pass a positive integer such as k=10")
-
-
-def is_positive_int(value: object) -> bool:
-    """An int >= 1 that is not a bool (``k=True`` is a mistake, not 1)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _choice(value: object, enum_type: type[_StrEnum], field: str) -> _StrEnum | None:
-    if value is None:
-        return None
-    choices = ", ".join(repr(m.value) for m in enum_type)
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"RecommenderOptions.{field} is a {type(value).__name__} ({value!r}); pass one of {choices} or None"
-        )
-    try:
-        return enum_type.parse(value, f"RecommenderOptions.{field}")
-    except ValueError as e:
-        raise ConfigError(f"{e}; pass one of those, or None for the profile's choice") from e
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

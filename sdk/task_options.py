@@ -1,0 +1,59 @@
+"""The session fields every task's options share (profile, runtime, device, fallback, threads), checked once.
+
+``ClassifierOptions`` and ``RecommenderOptions`` are frozen dataclasses with these fields plus their
+own; their ``__post_init__`` calls :func:`check_session_fields`, which refuses a wrong type or value
+with a :class:`~sdk.errors.ConfigError` naming the options class, the field and what to pass, and
+stores ``runtime``, ``device`` and ``fallback`` as their enums. Stateless; safe across threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdk.enums import Device, FallbackPolicy, Runtime, _StrEnum
+from sdk.errors import ConfigError
+from sdk.profiles import HardwareProfile
+
+
+def check_session_fields(options: Any) -> None:
+    """Check and normalise ``options``' session fields in place (a frozen dataclass being built).
+
+    Raises:
+        ConfigError: a field has the wrong type or an unknown value (names the field and the fix).
+    """
+    owner = type(options).__name__
+    profile = options.profile
+    if profile is not None and not (
+        isinstance(profile, (Path, HardwareProfile)) or (isinstance(profile, str) and profile)
+    ):
+        raise ConfigError(
+            f"{owner}.profile is {profile!r}; pass a profile id such as 'x86-kiosk-cpu', "
+            "a profile YAML path, a HardwareProfile, or None"
+        )
+    # Normalised here so that what the options say is what load() will be asked for.
+    object.__setattr__(options, "runtime", _choice(options.runtime, Runtime, f"{owner}.runtime"))
+    object.__setattr__(options, "device", _choice(options.device, Device, f"{owner}.device"))
+    object.__setattr__(options, "fallback", _choice(options.fallback, FallbackPolicy, f"{owner}.fallback"))
+    if options.threads is not None and not is_positive_int(options.threads):
+        raise ConfigError(
+            f"{owner}.threads is {options.threads!r}; pass a positive integer such as threads=2, "
+            "or None for the profile's or runtime's default"
+        )
+
+
+def is_positive_int(value: object) -> bool:
+    """An int >= 1 that is not a bool (``threads=True`` is a mistake, not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _choice(value: object, enum_type: type[_StrEnum], field: str) -> _StrEnum | None:
+    if value is None:
+        return None
+    choices = ", ".join(repr(m.value) for m in enum_type)
+    if not isinstance(value, str):
+        raise ConfigError(f"{field} is a {type(value).__name__} ({value!r}); pass one of {choices} or None")
+    try:
+        return enum_type.parse(value, field)
+    except ValueError as e:
+        raise ConfigError(f"{e}; pass one of those, or None for the profile's choice") from e
