@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("cli.classify", "classify images with a bundle on a runtime/device"),
     "recommend": ("cli.recommend", "recommend items for a basket or history with a recommendation bundle"),
     "eval": ("cli.eval", "accuracy of bundles on a labelled image dataset, through sdk.load"),
+    "rec-bench": (
+        "cli.rec_bench",
+        "recommend() latency end to end per recommendation bundle and runtime, interleaved, p50/p90/p99",
+    ),
     "rec-distill": (
         "cli.rec_distill",
         "the on-device recommendation student with and without KD at equal epochs, vs the teacher, with CIs",

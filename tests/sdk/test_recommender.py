@@ -258,3 +258,38 @@ def test_recommend_cli_succeeds_with_json(planted: Planted, tmp_path: Path, caps
     assert main(["recommend", bundle, "--history", "whole milk", "-k", "1"]) == 0
     text = capsys.readouterr().out
     assert "| yogurt | Yogurt |" in text and "total" in text
+
+
+def test_bench_recommenders_succeeds_with_every_contender_timed_on_the_same_calls(
+    planted: Planted, onnx_rec: Recommender
+) -> None:
+    from sdk.qa.rec_bench import bench_recommenders, markdown
+
+    pytest.importorskip("ai_edge_litert")
+    with Recommender.from_bundle(planted.bundles[ModelFormat.TFLITE].path) as litert:
+        rows = bench_recommenders(
+            {"onnx": onnx_rec, "tflite": litert}, [["whole milk"], ["soda", "butter"]], k=3, blocks=3,
+            calls_per_block=4, warmup=1,
+        )  # fmt: skip
+    assert [r.label for r in rows] == ["onnx", "tflite"] and [r.runtime for r in rows] == ["onnxruntime", "litert"]
+    for row in rows:
+        s = row.latency
+        assert s.count == 3 * 4 and s.p50_ms <= s.p90_ms <= s.p99_ms and row.n_items == N
+        assert row.encode_p50_ms + row.score_p50_ms <= s.max_ms * 2  # the split is part of the whole call
+    assert "| onnx | onnxruntime" in markdown(rows)
+    with pytest.raises(ConfigError, match="at least one recommender"):
+        bench_recommenders({}, [["soda"]])
+
+
+def test_cli_rec_bench_succeeds_with_json_and_reports(planted: Planted, tmp_path: Path, capsys) -> None:
+    from cli import main
+
+    pytest.importorskip("onnxruntime")
+    args = ["rec-bench", str(planted.bundles[ModelFormat.ONNX].path), "--dataset", "synthetic-baskets",
+            "--runtimes", "onnxruntime,litert", "--blocks", "2", "--calls-per-block", "3", "--out", str(tmp_path),
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    # litert cannot open an ONNX bundle: skipped with a line, the ONNX Runtime row is there.
+    assert [row["runtime"] for row in payload["rows"]] == ["onnxruntime"]
+    assert (tmp_path / "rec_bench.md").is_file() and (tmp_path / "rec_bench.json").is_file()
