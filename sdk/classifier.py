@@ -19,10 +19,10 @@ from sdk import preprocess as pp
 from sdk.bundle import Bundle
 from sdk.enums import ColorOrder, Device, FallbackPolicy, OutputKind, Runtime, Task
 from sdk.errors import ConfigError, InputError
-from sdk.loading import Model, load
+from sdk.loading import Model
 from sdk.profiles import HardwareProfile
 from sdk.runtime import SessionInfo
-from sdk.task_options import check_session_fields, is_positive_int
+from sdk.task_options import check_session_fields, is_positive_int, load_for, options_or_default
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -171,21 +171,8 @@ class ImageClassifier:
                 under a strict fallback policy.
             InferenceError: the runtime could not load the model file.
         """
-        if options is None:
-            options = ClassifierOptions()
-        elif not isinstance(options, ClassifierOptions):
-            raise ConfigError(
-                f"ImageClassifier.create got options of type {type(options).__name__}; pass "
-                "ClassifierOptions(...) or use ImageClassifier.from_bundle(path, **keywords)"
-            )
-        model = load(
-            bundle,
-            options.profile,
-            runtime=options.runtime,
-            device=options.device,
-            fallback=options.fallback,
-            threads=options.threads,
-        )
+        options = options_or_default(options, ClassifierOptions, "ImageClassifier")
+        model = load_for(bundle, options)
         return cls(model, options)
 
     @classmethod

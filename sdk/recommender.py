@@ -23,13 +23,13 @@ from sdk.bundle import Bundle
 from sdk.enums import Device, FallbackPolicy, Runtime, Task
 from sdk.errors import BundleError, ConfigError, InputError
 from sdk.interactions import Catalogue
-from sdk.loading import Model, load
+from sdk.loading import Model
 from sdk.profiles import HardwareProfile
 from sdk.rec_manifest import RecommendationSpec
 from sdk.recommender_items import ItemTable, read_item_files
 from sdk.recommender_result import Recommendations, RecommendedItem, RecommenderOptions, RecTimings
 from sdk.runtime import SessionInfo
-from sdk.task_options import is_positive_int
+from sdk.task_options import is_positive_int, load_for, options_or_default
 
 __all__ = ["RecTimings", "Recommendations", "RecommendedItem", "Recommender", "RecommenderOptions"]
 
@@ -88,25 +88,12 @@ class Recommender:
                 under a strict fallback policy.
             InferenceError: the runtime could not load the model file.
         """
-        if options is None:
-            options = RecommenderOptions()
-        elif not isinstance(options, RecommenderOptions):
-            raise ConfigError(
-                f"Recommender.create got options of type {type(options).__name__}; pass "
-                "RecommenderOptions(...) or use Recommender.from_bundle(path, **keywords)"
-            )
+        options = options_or_default(options, RecommenderOptions, "Recommender")
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         spec = check_encoder(opened)
         items = read_item_files(opened.path, spec)
         check_items(opened, spec, items)
-        model = load(
-            opened,
-            options.profile,
-            runtime=options.runtime,
-            device=options.device,
-            fallback=options.fallback,
-            threads=options.threads,
-        )
+        model = load_for(opened, options)
         return cls(model, items, options)
 
     @classmethod

@@ -9,10 +9,12 @@ stores ``runtime``, ``device`` and ``fallback`` as their enums. Stateless; safe 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sdk.bundle import Bundle
 from sdk.enums import Device, FallbackPolicy, Runtime, _StrEnum
 from sdk.errors import ConfigError
+from sdk.loading import Model, load
 from sdk.profiles import HardwareProfile
 
 
@@ -40,6 +42,37 @@ def check_session_fields(options: Any) -> None:
             f"{owner}.threads is {options.threads!r}; pass a positive integer such as threads=2, "
             "or None for the profile's or runtime's default"
         )
+
+
+OptionsT = TypeVar("OptionsT")
+
+
+def options_or_default(options: object, kind: type[OptionsT], task: str) -> OptionsT:
+    """``options`` if it is a ``kind``, ``kind()`` for None.
+
+    Raises:
+        ConfigError: ``options`` is something else (names ``task``'s create and from_bundle).
+    """
+    if options is None:
+        return kind()
+    if not isinstance(options, kind):
+        raise ConfigError(
+            f"{task}.create got options of type {type(options).__name__}; pass "
+            f"{kind.__name__}(...) or use {task}.from_bundle(path, **keywords)"
+        )
+    return options
+
+
+def load_for(bundle: str | Path | Bundle, options: Any) -> Model:
+    """Open ``bundle`` on the runtime, device and fallback a task's options ask for (see :func:`sdk.load`)."""
+    return load(
+        bundle,
+        options.profile,
+        runtime=options.runtime,
+        device=options.device,
+        fallback=options.fallback,
+        threads=options.threads,
+    )
 
 
 def is_positive_int(value: object) -> bool:
