@@ -37,6 +37,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from converters.models.config_checks import check_fields
 from converters.models.sasrec import INPUT_NAME, PaddingMask, TiedItemEmbedding, pad_histories
 from sdk.errors import ConfigError
 
@@ -98,9 +99,7 @@ class StudentConfig:
             ("dim", self.dim >= 1, ">= 1"),
             ("max_len", self.max_len >= 1, ">= 1"),
         )
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"StudentConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
+        check_fields(self, checks)
 
 
 def student_macs(config: StudentConfig) -> dict[str, int]:

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from converters.models.config_checks import check_fields
 from sdk.errors import ConfigError
 
 __all__ = [
@@ -91,9 +92,7 @@ class SasRecConfig:
             ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
             ("pooling", self.pooling in ("mean", "query"), "'mean' or 'query'"),
         )
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"SasRecConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
+        check_fields(self, checks)
 
 
 def pad_histories(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:

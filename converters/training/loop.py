@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from converters.models.config_checks import check_fields
 from sdk.errors import ConfigError
 from sdk.progress import Log
 
@@ -137,9 +138,7 @@ class LoopConfig:
             ("temperature", self.temperature > 0, "> 0"),
             ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1)"),
         )
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"LoopConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
+        check_fields(self, checks)
 
 
 def distillation_loss(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.models.config_checks import check_fields
 from converters.training.loop import Log, LoopConfig, train_loop
 from sdk.errors import ConfigError, ConversionError
 
@@ -85,9 +86,7 @@ class QATConfig:
             ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
             ("temperature", self.temperature > 0, "> 0"),
         )
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"QATConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
+        check_fields(self, checks)
 
     def loop_config(self) -> LoopConfig:
         """The objective for :func:`converters.training.loop.train_loop`: self-distillation, no weight decay.

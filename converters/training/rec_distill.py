@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from converters.models.config_checks import check_fields, config_hash
 from converters.models.rec_student import RecStudent, Shape, StudentConfig, build_student, student_macs
 from converters.training.loop import Log, StageTimer, format_seconds
 from converters.training.rec_distill_data import soft_target_key, student_examples, teacher_soft_targets
@@ -103,13 +104,10 @@ class DistillRecConfig:
             ("temperature", self.temperature > 0, "> 0"),
             ("top_k", self.top_k >= 1, ">= 1"),
         )
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"DistillRecConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
+        check_fields(self, checks)
 
     def hash(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return config_hash(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from converters.models.config_checks import check_fields, config_hash
 from converters.models.sasrec import SEQUENCE_OUTPUT, SasRecConfig, build_sasrec, macs_per_request
 from converters.training.loop import Log, RateLog, StageTimer, format_seconds, make_optimizer
 from converters.training.recommender_data import K, basket_examples, evaluate_model, sequence_windows, split_hash
@@ -99,13 +99,10 @@ class TeacherRecConfig:
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("patience", self.patience >= 0, ">= 0"),
         )
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"TeacherRecConfig.{field} must be {allowed}, got {getattr(self, field)!r}")
+        check_fields(self, checks)
 
     def hash(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return config_hash(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
