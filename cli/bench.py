@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cli import data_dir, emit, log
+from sdk import synthetic
 from sdk.bundle import Bundle
 from sdk.data import ImageDataset, load_split
 from sdk.enums import RUNTIMES_FOR_FORMAT, Runtime
@@ -263,8 +264,6 @@ def _images(
     root = given[0] if given else data_dir(None, required=False)
     origin = "given dataset" if given else "shared dataset"
     if not (root / "val.txt").is_file():
-        from sdk import synthetic
-
         root, origin = synthetic.generate(out / "synthetic-data", train_per_class=1, val_per_class=4), "synthetic"
     dataset = _spread_dataset(load_split(root, "val"), args.max_images)
     return (

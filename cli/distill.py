@@ -14,6 +14,7 @@ from typing import Any
 
 from cli import data_dir, emit, log
 from cli._common import DATA_HELP
+from sdk.qa.tables import markdown_table
 
 HELP = "distil the teacher into a smaller student (KD) and compare with the same student trained without KD"
 
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from converters.training.distill import DistillConfig, parse_student_spec
-    from converters.training.distill_compare import compare
+    from converters.training.distill_compare import COLUMNS, compare
 
     variant, spec_size = parse_student_spec(args.student)
     overrides: dict[str, Any] = {
@@ -71,9 +72,6 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def text() -> str:
-        from converters.training.distill_compare import COLUMNS
-        from sdk.qa.tables import markdown_table
-
         return (
             f"\n{markdown_table(comparison.rows(), COLUMNS)}\n\n{comparison.verdict()}\n\n"
             f"student bundle: {comparison.kd.bundle_path}\nreport: {Path(args.out) / 'comparison.md'}"

@@ -17,6 +17,9 @@ from sdk.data import load_split
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.profiles import load_profile
 from sdk.qa.bench import BenchConfig
+from sdk.qa.matrix import run_matrix
+from sdk.qa.matrix_report import write_matrix_report
+from sdk.qa.parity_run import open_reference
 
 # --quick: every number once (CI smoke tests, demos), not numbers to compare; the same loop
 # lengths as ``shelfedge bench --quick``.
@@ -68,10 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdk.qa.matrix import run_matrix
-    from sdk.qa.matrix_report import write_matrix_report
-    from sdk.qa.parity_run import open_reference
-
     names = [p.strip() for p in args.profiles.split(",") if p.strip()]
     if not names:
         raise ConfigError("--profiles is empty; pass ids or YAML paths like x86-kiosk-cpu,onnxruntime-cpu")
