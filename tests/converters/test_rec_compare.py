@@ -81,3 +81,25 @@ def test_cli_rec_distill_succeeds_with_kd_twin_and_teacher_compared_paired(tmp_p
     assert main(["recommend", payload["bundles"]["tflite"], "--history", "category 004", "-k", "3", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert len(answer["items"]) == 3 and "category 004" not in [item["id"] for item in answer["items"]]
+
+
+def test_compare_recommenders_fails_with_a_pair_naming_an_unranked_model() -> None:
+    dataset = open_rec_dataset("synthetic-baskets")
+    config = RecCompareConfig(baselines=("popularity",), tune=False, resamples=100)
+    with pytest.raises(ConfigError, match="pairs name ease, which were not ranked; ranked: popularity"):
+        compare_recommenders(dataset, config, pairs=(("popularity", "ease"),), log=lambda line: None)
+
+
+def test_teacher_for_fails_with_an_unreadable_trained_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("keras")
+    from types import SimpleNamespace
+
+    from converters.training import rec_compare
+
+    junk = tmp_path / "teacher.keras"
+    junk.write_bytes(b"not a keras archive")
+    monkeypatch.setattr(rec_compare, "train_recommender_teacher", lambda *a, **k: SimpleNamespace(model_path=junk))
+    with pytest.raises(
+        ConfigError, match="cannot load the trained teacher.*delete that folder or pass another --teacher-dir"
+    ):
+        rec_compare.teacher_for(open_rec_dataset("synthetic-baskets"), tmp_path, log=lambda line: None)

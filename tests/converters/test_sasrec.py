@@ -163,3 +163,10 @@ def _ranks(model, cases, max_len: int) -> np.ndarray:
     """0-based rank of each target among the unseen items, by the shared evaluator."""
     scorer = lambda histories: predict_scores(model, histories, max_len)  # noqa: E731
     return rank_cases(scorer, cases, int(model.output_shape[-1])).ranks - 1
+
+
+def test_evaluate_model_fails_with_a_cut_off_other_than_the_evaluators() -> None:
+    from converters.training.recommender_data import evaluate_model
+
+    with pytest.raises(ConfigError, match="k=5; the shared evaluator reports HR and NDCG at 10"):
+        evaluate_model(None, synthetic_sequences().rows and split_leave_last(synthetic_sequences()).valid, 8, k=5)

@@ -279,6 +279,8 @@ def test_bench_recommenders_succeeds_with_every_contender_timed_on_the_same_call
     assert "| onnx | onnxruntime" in markdown(rows)
     with pytest.raises(ConfigError, match="at least one recommender"):
         bench_recommenders({}, [["soda"]])
+    with pytest.raises(ConfigError, match="blocks 0 and calls_per_block 4 must be >= 1"):
+        bench_recommenders({"onnx": onnx_rec}, [["soda"]], blocks=0, calls_per_block=4)
 
 
 def test_cli_rec_bench_succeeds_with_json_and_reports(planted: Planted, tmp_path: Path, capsys) -> None:
