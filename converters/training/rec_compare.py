@@ -231,7 +231,8 @@ def teacher_for(
         model = keras.saving.load_model(result.model_path)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"{result.model_path}: cannot load the trained teacher ({e}); delete that folder or pass another --teacher-dir"
+            f"{result.model_path}: cannot load the trained teacher ({e}); "
+            "delete that folder or pass another --teacher-dir"
         ) from e
     kind = "SASRec" if dataset.interactions.kind == "sequences" else "set attention"
     params = {
