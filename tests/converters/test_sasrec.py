@@ -169,4 +169,4 @@ def test_evaluate_model_fails_with_a_cut_off_other_than_the_evaluators() -> None
     from converters.training.recommender_data import evaluate_model
 
     with pytest.raises(ConfigError, match="k=5; the shared evaluator reports HR and NDCG at 10"):
-        evaluate_model(None, synthetic_sequences().rows and split_leave_last(synthetic_sequences()).valid, 8, k=5)
+        evaluate_model(None, split_leave_last(synthetic_sequences()).valid, 8, k=5)
