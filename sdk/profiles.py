@@ -45,6 +45,10 @@ class Budgets:
     peak_memory_mb: float | None = None
     bundle_size_mb: float | None = None
     max_accuracy_drop_pt: float | None = None
+    # Recommendation bundles: the allowed NDCG@10 drop vs fp32 in points (NDCG x 100), and
+    # recommend()'s end-to-end p99 (encoder + scoring + top-k) for one request.
+    max_ndcg_drop_pt: float | None = None
+    p99_recommend_ms: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,6 +65,11 @@ class ParityTolerance:
     min_top5_overlap: float | None = None
     min_accuracy_ratio: float | None = None
     max_worst_class_recall_drop: float | None = None
+    # Recommendations: the candidate's top-10 against the reference's (share in common, and
+    # NDCG@10 graded by the reference's ranking); min_accuracy_ratio is then NDCG@10 on the
+    # held-out items as a fraction of the reference's.
+    min_overlap_at_10: float | None = None
+    min_ndcg_at_10: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
