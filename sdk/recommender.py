@@ -203,6 +203,27 @@ class Recommender:
             unknown_filter_ids=unknown_filter,
         )
 
+    def scores(self, history: Sequence[str]) -> np.ndarray:
+        """Every item's score for ``history``, in catalogue order, before any filter or exclusion.
+
+        The same window rules as :meth:`recommend` (unknown ids ignored, the most recent
+        ``max_len`` kept, a basket's repeats counted once); an empty or unknown history gives
+        the popularity scores. For parity and evaluation: a new float32 array each call.
+
+        Raises:
+            InputError: ``history`` is a single string or holds something that is not a string.
+            InferenceError: the runtime failed, or the recommender is closed.
+        """
+        window = self._window(self._lookup(_ids(history, "history"))[0])
+        if not window:
+            return np.asarray(self._items.popularity, np.float32).copy()
+        return np.asarray(self._encode_and_score(window), np.float32)
+
+    def _window(self, known: list[int]) -> list[int]:
+        if self._spec.kind == "baskets":
+            known = list(dict.fromkeys(reversed(known)))[::-1]  # a set: keep each item's latest place
+        return known[max(0, len(known) - self._spec.max_len) :]
+
     def _lookup(self, ids: Sequence[str]) -> tuple[list[int], tuple[str, ...], int]:
         known: list[int] = []
         unknown: dict[str, None] = {}

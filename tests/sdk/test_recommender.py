@@ -186,6 +186,19 @@ def test_recommender_succeeds_with_the_most_recent_of_an_over_long_history(onnx_
     assert onnx_rec.recommend(["soda", "soda", "pastry"]).ids == onnx_rec.recommend(["soda", "pastry"]).ids
 
 
+def test_recommender_scores_succeed_with_the_scores_recommend_ranks(onnx_rec: Recommender) -> None:
+    history = ["butter", "pastry", "soda", "sausage", "citrus fruit", "yogurt"]
+    scores = onnx_rec.scores(history)
+    assert scores.shape == (N,) and scores.dtype == np.float32
+    result = onnx_rec.recommend(history, k=3)
+    assert [float(scores[i.index]) for i in result.items] == pytest.approx([i.score for i in result.items])
+    # The window keeps the most recent MAX_LEN items, as recommend() does.
+    np.testing.assert_allclose(scores, onnx_rec.scores(history[-MAX_LEN:]), rtol=1e-6)
+    np.testing.assert_array_equal(onnx_rec.scores(["caviar"]), onnx_rec.scores([]))
+    with pytest.raises(InputError, match="single string"):
+        onnx_rec.scores("whole milk")  # type: ignore[arg-type]
+
+
 def test_recommender_succeeds_with_all_items_when_k_is_larger(onnx_rec: Recommender) -> None:
     result = onnx_rec.recommend(["whole milk", "soda"], k=50)
     assert len(result.items) == N - 2 and result.k_reduced and result.k_requested == 50
