@@ -35,7 +35,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sdk*", "cli*", "converters*", "runtimes*", "demo_app*", "hw_profiles*"]),
-    package_data={"hw_profiles": ["*.yaml"], "sdk": ["py.typed"], "cli": ["py.typed"], "runtimes": ["py.typed"]},
+    package_data={"hw_profiles": ["*.yaml"], "sdk": ["py.typed", "datasets/*.csv"], "cli": ["py.typed"], "runtimes": ["py.typed"]},
     install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "PyYAML>=6.0"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["shelfedge=cli:main"]},

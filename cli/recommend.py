@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--k", type=int, default=10, help="items to recommend (default 10)")
     parser.add_argument("--exclude", default="", help="item ids never to recommend, comma-separated")
     parser.add_argument("--allow", help="file of the only item ids that may be recommended, one per line (in stock)")
+    parser.add_argument("--category", help="only items of this category (a MovieLens genre, a basket department)")
     parser.add_argument(
         "--keep-history", action="store_true", help="allow items already in the history to be recommended again"
     )
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
     allow = _read_allow(Path(args.allow)) if args.allow else None
     with Recommender.create(args.bundle, options) as recommender:
         result = recommender.recommend(
-            history, exclude=_split(args.exclude), allow=allow, exclude_history=not args.keep_history
+            history,
+            exclude=_split(args.exclude),
+            allow=allow,
+            category=args.category,
+            exclude_history=not args.keep_history,
         )
     payload = {"bundle": args.bundle, "history": history, **result.to_dict()}
 

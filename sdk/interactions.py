@@ -40,10 +40,14 @@ class Catalogue:
     Attributes:
         ids: external item ids (a basket category name, a MovieLens movieId as text), unique.
         names: display names, one per item (the id when there is none).
+        categories: per item, the categories it belongs to (MovieLens genres, a basket
+            category's department); empty when the data has none. The recommender's
+            ``category=`` filter reads them.
     """
 
     ids: tuple[str, ...]
     names: tuple[str, ...]
+    categories: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.names):
@@ -52,6 +56,11 @@ class Catalogue:
             seen: set[str] = set()
             duplicate = next(i for i in self.ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
             raise ConfigError(f"catalogue: item id {duplicate!r} appears twice; item ids must be unique")
+        if self.categories and len(self.categories) != len(self.ids):
+            raise ConfigError(
+                f"catalogue: {len(self.categories)} category lists for {len(self.ids)} items; give one per item "
+                "(an empty list for an item without a category)"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,6 +68,14 @@ class Catalogue:
     def index_of(self) -> dict[str, int]:
         """External id -> item index."""
         return {item: i for i, item in enumerate(self.ids)}
+
+    def category_index(self) -> dict[str, np.ndarray]:
+        """Category -> the indices of its items (int64, ascending); empty without categories."""
+        members: dict[str, list[int]] = {}
+        for i, names in enumerate(self.categories):
+            for name in names:
+                members.setdefault(name, []).append(i)
+        return {name: np.asarray(rows, np.int64) for name, rows in sorted(members.items())}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,13 +123,15 @@ class Interactions:
         )
 
 
-def load_baskets(path: str | Path) -> Interactions:
+def load_baskets(path: str | Path, *, categories: str | Path | None = None) -> Interactions:
     """Read a baskets file: one basket per line, items separated by commas (the Groceries format).
 
     Items are indexed by first appearance; an item repeated within a basket counts once.
+    ``categories`` is an optional ``item,category`` CSV (``#`` comment lines allowed) giving
+    each item its department; items it does not list have none.
 
     Raises:
-        ConfigError: the file is missing, empty, not text, or a line is empty or holds an
+        ConfigError: a file is missing, empty, not text, or a line is empty or holds an
             over-long or empty item (file and line named).
     """
     path = Path(path)
@@ -130,9 +149,14 @@ def load_baskets(path: str | Path) -> Interactions:
     if not rows:
         raise ConfigError(f"{path}: no baskets (every line is empty); one basket per line, items separated by commas")
     ids = tuple(index)
+    departments = _read_categories(Path(categories)) if categories is not None else {}
     return Interactions(
         kind="baskets",
-        catalogue=Catalogue(ids=ids, names=ids),
+        catalogue=Catalogue(
+            ids=ids,
+            names=ids,
+            categories=tuple(departments.get(i, ()) for i in ids) if departments else (),
+        ),
         rows=tuple(rows),
         row_ids=tuple(str(i) for i in range(len(rows))),
         source=str(path),
@@ -150,14 +174,18 @@ def load_movielens(root: str | Path, *, min_rating: float = 0.0) -> Interactions
         ConfigError: a file is missing or malformed (file and line named).
     """
     root = Path(root)
-    titles = _read_movies(root / "movies.csv") if (root / "movies.csv").is_file() else {}
+    titles, genres = _read_movies(root / "movies.csv") if (root / "movies.csv").is_file() else ({}, {})
     interactions = load_csv(root / "ratings.csv", kind="sequences", min_rating=min_rating, names=titles)
     if titles:
         # Movies with no rating are part of the catalogue too: they can be recommended.
         known = set(interactions.catalogue.ids)
         extra = [movie for movie in titles if movie not in known]
         ids = interactions.catalogue.ids + tuple(extra)
-        catalogue = Catalogue(ids=ids, names=tuple(titles.get(i, i) for i in ids))
+        catalogue = Catalogue(
+            ids=ids,
+            names=tuple(titles.get(i, i) for i in ids),
+            categories=tuple(genres.get(i, ()) for i in ids) if genres else (),
+        )
         interactions = dataclasses.replace(interactions, catalogue=catalogue, source=str(root))
     return interactions
 
@@ -289,22 +317,48 @@ def _columns(header: Sequence[str], path: Path) -> dict[str, int]:
     return columns
 
 
-def _read_movies(path: Path) -> dict[str, str]:
+def _read_movies(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Titles and genres (``Comedy|Drama``; "(no genres listed)" is none) by movieId."""
     lines = _read_lines(path)
     reader = csv.reader(lines)
     header = [h.strip().lower() for h in next(reader)]
     if "movieid" not in header or "title" not in header:
         raise ConfigError(f"{path}, line 1: expected the columns movieId and title, got {', '.join(header)}")
     movie, title = header.index("movieid"), header.index("title")
+    genre = header.index("genres") if "genres" in header else None
     titles: dict[str, str] = {}
+    genres: dict[str, tuple[str, ...]] = {}
     for number, fields in enumerate(reader, start=2):
         if not fields:
             continue
         if len(fields) != len(header):
             raise ConfigError(f"{path}, line {number}: {len(fields)} fields, the header has {len(header)}")
-        _check_field(fields[movie].strip(), "movieId", path, number)
-        titles[fields[movie].strip()] = fields[title].strip()
-    return titles
+        key = fields[movie].strip()
+        _check_field(key, "movieId", path, number)
+        titles[key] = fields[title].strip()
+        if genre is not None:
+            genres[key] = tuple(g.strip() for g in fields[genre].split("|") if g.strip() and not g.startswith("("))
+    return titles, genres
+
+
+def _read_categories(path: Path) -> dict[str, tuple[str, ...]]:
+    """An ``item,category`` CSV (header row, ``#`` comments) -> each item's categories."""
+    lines = [line for line in _read_lines(path) if not line.startswith("#")]
+    reader = csv.reader(lines)
+    header = [h.strip().lower() for h in next(reader, [])]
+    if len(header) != 2 or header[0] != "item":
+        raise ConfigError(f"{path}: expected the header 'item,category' (or item,department), got {header}")
+    found: dict[str, tuple[str, ...]] = {}
+    for number, fields in enumerate(reader, start=2):
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ConfigError(f"{path}, line {number}: {len(fields)} fields; expected item,category")
+        item, category = fields[0].strip(), fields[1].strip()
+        _check_field(item, "item", path, number)
+        _check_field(category, "category", path, number)
+        found[item] = (*found.get(item, ()), category)
+    return found
 
 
 def _check_field(value: str, what: str, path: Path, number: int) -> None:

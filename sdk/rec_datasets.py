@@ -30,6 +30,8 @@ from sdk.interaction_splits import (
 from sdk.interactions import Interactions, Kind, load_baskets, load_csv, load_movielens
 
 REC_DATA_ENV = "SHELFEDGE_REC_DATA"
+# The Groceries categories' departments (project data): the recommender's category filter on baskets.
+GROCERIES_DEPARTMENTS = Path(__file__).with_name("datasets") / "groceries_departments.csv"
 NAMED = ("baskets", "movielens", "synthetic-baskets", "synthetic-sequences")
 
 
@@ -88,7 +90,9 @@ def open_rec_dataset(
             interactions, synthetic = _synthetic(_kin(spec)), True
             note = f"{path} not found: using {interactions.source}"
         else:
-            interactions = load_baskets(path) if spec == "baskets" else load_movielens(path)
+            interactions = (
+                load_baskets(path, categories=GROCERIES_DEPARTMENTS) if spec == "baskets" else load_movielens(path)
+            )
             note = interactions.describe()
     elif spec in ("synthetic-baskets", "synthetic-sequences"):
         interactions, synthetic = _synthetic(spec.removeprefix("synthetic-")), True

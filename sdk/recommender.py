@@ -66,6 +66,7 @@ class Recommender:
         self._input_name = model.bundle.manifest.inputs[0].name
         self._output = model.bundle.manifest.outputs[0]
         self._index = items.catalogue.index_of()
+        self._categories = items.catalogue.category_index()
         # Dequantized once: a float32 GEMV is ~25x faster than int8 x scales in numpy (module doc).
         self._table = items.dequantized()
         self._table.flags.writeable = False
@@ -145,6 +146,7 @@ class Recommender:
         *,
         exclude: Iterable[str] = (),
         allow: Iterable[str] | None = None,
+        category: str | None = None,
         exclude_history: bool = True,
     ) -> Recommendations:
         """The ``k`` best items for ``history``, best first.
@@ -158,11 +160,14 @@ class Recommender:
                 filters returns all of them (``k_reduced``).
             exclude: item ids never to return (e.g. out of stock).
             allow: when given, only these item ids may be returned (e.g. the in-stock list).
+            category: when given, only items of this category (a MovieLens genre, a basket
+                category's department: :attr:`categories` lists them).
             exclude_history: leave out the items already in the history (default True).
 
         Raises:
             InputError: ``history``, ``exclude`` or ``allow`` is a single string or holds
-                something that is not a string, or ``k`` is not a positive integer.
+                something that is not a string, ``k`` is not a positive integer, or ``category``
+                is not one of the bundle's categories (the message lists them).
             InferenceError: the runtime failed, or the recommender is closed.
         """
         t0 = time.perf_counter()
@@ -176,6 +181,8 @@ class Recommender:
         window = known[dropped:]
         # Items dropped from the window are still in the basket: they are excluded too.
         candidates, unknown_filter = self._candidates(known if exclude_history else [], exclude, allow)
+        if category is not None:
+            candidates &= self._in_category(category)
         t1 = time.perf_counter()
         scores = self._encode_and_score(window) if window else self._items.popularity
         t2 = time.perf_counter()
@@ -252,6 +259,21 @@ class Recommender:
         mask[list(history)] = False
         mask[excluded] = False
         return mask, tuple(dict.fromkeys((*unknown_excluded, *unknown_allowed)))
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The categories the ``category=`` filter accepts (empty when the bundle has none)."""
+        return tuple(self._categories)
+
+    def _in_category(self, category: str) -> np.ndarray:
+        members = self._categories.get(category) if isinstance(category, str) else None
+        if members is None:
+            known = ", ".join(list(self._categories)[:12]) or "none: this bundle's catalogue has no categories"
+            more = f" (and {len(self._categories) - 12} more)" if len(self._categories) > 12 else ""
+            raise InputError(f"category {category!r} is not in this bundle's catalogue; known: {known}{more}")
+        mask = np.zeros(self._items.n_items, bool)
+        mask[members] = True
+        return mask
 
     def _encode_and_score(self, window: Sequence[int]) -> np.ndarray:
         batch = np.zeros((1, self._spec.max_len), np.int32)

@@ -6,7 +6,8 @@ Written by the converters (``converters/export/rec_bundle.py``) and read by the
 - ``items.npz``: ``table`` (n_items, dim) int8 | float16 | float32; ``scales`` float32 (n_items,)
   for int8 (symmetric, one per row: ``row = table[i] * scales[i]``), empty otherwise; ``bias``
   float32 (n_items,) when the manifest says ``has_bias``, empty otherwise. Read without pickle.
-- ``items.json``: ``{"ids": [...], "names": [...], "popularity": [...]}``, one entry per row.
+- ``items.json``: ``{"ids": [...], "names": [...], "popularity": [...]}``, one entry per row, and
+  ``"categories": [[...], ...]`` (each item's categories) when the catalogue has them.
 
 Everything here is immutable (the arrays are read-only) and safe to share across threads.
 """
@@ -27,6 +28,7 @@ from sdk.interactions import Catalogue
 from sdk.rec_manifest import RecommendationSpec
 
 _NPZ_KEYS = frozenset({"table", "scales", "bias"})
+_CATALOGUE_KEYS = frozenset({"ids", "names", "popularity", "categories"})
 _STORED_DTYPE = {Precision.INT8: np.int8, Precision.FP16: np.float16, Precision.FP32: np.float32}
 
 
@@ -129,6 +131,8 @@ def write_item_files(
         "names": list(catalogue.names),
         "popularity": [int(c) if float(c).is_integer() else float(c) for c in counts],
     }
+    if catalogue.categories:
+        payload["categories"] = [list(c) for c in catalogue.categories]
     (directory / spec.catalogue_file).write_text(json.dumps(payload, ensure_ascii=False) + "\n", encoding="utf-8")
     return spec.files
 
@@ -189,9 +193,10 @@ def _read_catalogue(directory: Path, spec: RecommendationSpec) -> tuple[Catalogu
         data: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path}: cannot read the item catalogue ({e}); re-package the bundle") from e
-    if not isinstance(data, dict) or set(data) != {"ids", "names", "popularity"}:
-        raise BundleError(f"{path}: expected an object with exactly 'ids', 'names' and 'popularity'")
+    if not isinstance(data, dict) or not {"ids", "names", "popularity"} <= set(data) <= _CATALOGUE_KEYS:
+        raise BundleError(f"{path}: expected an object with 'ids', 'names', 'popularity' and optionally 'categories'")
     ids, names, popularity = data["ids"], data["names"], data["popularity"]
+    categories = _categories(data.get("categories"), spec.n_items, path)
     lengths = {len(v) if isinstance(v, list) else -1 for v in (ids, names, popularity)}
     if lengths != {spec.n_items}:
         raise BundleError(
@@ -203,10 +208,22 @@ def _read_catalogue(directory: Path, spec: RecommendationSpec) -> tuple[Catalogu
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in popularity):
         raise BundleError(f"{path}: popularity must be counts >= 0")
     try:
-        catalogue = Catalogue(ids=tuple(ids), names=tuple(names))
+        catalogue = Catalogue(ids=tuple(ids), names=tuple(names), categories=categories)
     except ConfigError as e:
         raise BundleError(f"{path}: {e}") from e
     return catalogue, np.asarray(popularity, np.float64)
+
+
+def _categories(value: Any, n: int, path: Path) -> tuple[tuple[str, ...], ...]:
+    if value is None:
+        return ()
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or not all(isinstance(c, list) and all(isinstance(x, str) for x in c) for c in value)
+    ):
+        raise BundleError(f"{path}: 'categories' must list {n} lists of strings (one per item); re-package the bundle")
+    return tuple(tuple(c) for c in value)
 
 
 def _vector(values: object, n: int, what: str) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 from sdk.errors import ConfigError
 from sdk.interaction_splits import split_baskets, split_leave_last, synthetic_baskets, synthetic_sequences
 from sdk.interactions import Catalogue, from_rows, load_baskets, load_csv, load_movielens
+from sdk.rec_datasets import GROCERIES_DEPARTMENTS
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -46,6 +47,31 @@ def test_load_baskets_succeeds_with_items_indexed_by_first_appearance(tmp_path: 
 def test_load_baskets_fails_with_malformed_file(tmp_path: Path, content: str | bytes, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_baskets(_write(tmp_path, content))
+
+
+def test_load_baskets_succeeds_with_categories_from_a_department_file(tmp_path: Path) -> None:
+    departments = tmp_path / "departments.csv"
+    departments.write_text("# a comment\nitem,department\nwhole milk,dairy\nyogurt,dairy\nyogurt,chilled\n")
+    baskets = load_baskets(_write(tmp_path, "whole milk,yogurt\nsoda\n"), categories=departments)
+    assert baskets.catalogue.categories == (("dairy",), ("dairy", "chilled"), ())
+    assert {k: v.tolist() for k, v in baskets.catalogue.category_index().items()} == {"chilled": [1], "dairy": [0, 1]}
+    departments.write_text("item,department\nwhole milk\n")
+    with pytest.raises(ConfigError, match="line 2: 1 fields; expected item,category"):
+        load_baskets(_write(tmp_path, "whole milk\n"), categories=departments)
+    with pytest.raises(ConfigError, match="category lists for 2 items"):
+        Catalogue(ids=("a", "b"), names=("a", "b"), categories=(("x",),))
+
+
+def test_groceries_departments_succeed_with_one_department_per_category() -> None:
+    departments = {}
+    for line in GROCERIES_DEPARTMENTS.read_text().splitlines()[3:]:
+        item, department = line.rsplit(",", 1)
+        assert item.strip('"') not in departments
+        departments[item.strip('"')] = department
+    assert len(departments) == 169 and len(set(departments.values())) == 10
+    if (SHARED / "groceries-baskets" / "baskets.csv").is_file():
+        baskets = load_baskets(SHARED / "groceries-baskets" / "baskets.csv", categories=GROCERIES_DEPARTMENTS)
+        assert all(len(c) == 1 for c in baskets.catalogue.categories)
 
 
 def test_load_baskets_fails_with_missing_file(tmp_path: Path) -> None:
@@ -156,3 +182,5 @@ def test_load_movielens_succeeds_with_every_movie_in_the_catalogue() -> None:
     assert len(data) == 610 and data.n_items == 9742 and data.n_interactions == 99616
     index = data.catalogue.index_of()
     assert data.catalogue.names[index["1"]] == "Toy Story (1995)"
+    assert data.catalogue.categories[index["1"]] == ("Adventure", "Animation", "Children", "Comedy", "Fantasy")
+    assert len(data.catalogue.category_index()) == 19  # genres; "(no genres listed)" is none

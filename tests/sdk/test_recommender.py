@@ -199,6 +199,37 @@ def test_recommender_scores_succeed_with_the_scores_recommend_ranks(onnx_rec: Re
         onnx_rec.scores("whole milk")  # type: ignore[arg-type]
 
 
+def test_recommender_succeeds_with_a_category_filter(planted: Planted, tmp_path: Path) -> None:
+    departments = tuple(("dairy",) if i in ("whole milk", "yogurt", "butter") else ("other",) for i in IDS)
+    catalogue = Catalogue(ids=IDS, names=IDS, categories=departments)
+    bundle = package_recommender(
+        planted.encoder, planted.table, planted.bias, catalogue, planted.popularity,
+        out_dir=tmp_path, name="dept", kind="baskets", formats=["onnx"],
+    )[ModelFormat.ONNX]  # fmt: skip
+    with Recommender.from_bundle(bundle.path) as rec:
+        assert rec.categories == ("dairy", "other") and rec.catalogue.categories == departments
+        dairy = rec.recommend(["whole milk"], k=5, category="dairy")
+        assert dairy.ids == ("yogurt", "butter") and dairy.k_reduced
+        assert rec.recommend(["soda"], k=12, category="other").ids == tuple(
+            i for i in rec.recommend(["soda"], k=12).ids if i not in ("whole milk", "yogurt", "butter")
+        )
+        with pytest.raises(InputError, match="'bakery' is not in this bundle's catalogue; known: dairy, other"):
+            rec.recommend(["soda"], category="bakery")
+    with Recommender.from_bundle(planted.bundles[ModelFormat.KERAS].path) as plain:
+        with pytest.raises(InputError, match="no categories"):
+            plain.recommend(["soda"], category="dairy")
+    items = json.loads((bundle.path / "items.json").read_text())
+    items["categories"] = items["categories"][:-1]
+    _rewrite_json(bundle, "items.json", items)
+    with pytest.raises(BundleError, match="'categories' must list 12 lists"):
+        Recommender.create(bundle.path)
+
+
+def _rewrite_json(bundle: Bundle, name: str, data: Any) -> None:
+    (bundle.path / name).write_text(json.dumps(data))
+    write_bundle(bundle.path, bundle.manifest)  # re-hash: the check under test is the content's
+
+
 def test_recommender_succeeds_with_all_items_when_k_is_larger(onnx_rec: Recommender) -> None:
     result = onnx_rec.recommend(["whole milk", "soda"], k=50)
     assert len(result.items) == N - 2 and result.k_reduced and result.k_requested == 50
