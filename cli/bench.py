@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cli import data_dir, emit, log
+from cli._bench_rec import run_recommendation_bench
 from sdk import synthetic
 from sdk.bundle import Bundle
 from sdk.data import ImageDataset, load_split
-from sdk.enums import RUNTIMES_FOR_FORMAT, Runtime
+from sdk.enums import RUNTIMES_FOR_FORMAT, Runtime, Task
 from sdk.errors import BackendUnavailableError, ConfigError
 from sdk.profiles import Budgets, HardwareProfile, load_profile
 from sdk.qa.bench import BenchConfig, bench_bundle
@@ -69,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "../shared/data/grocery val split, else generated synthetic photos)",
     )
     parser.add_argument("--max-images", type=int, default=32, help="at most N images (default 32)")
+    parser.add_argument(
+        "--dataset",
+        help="recommendation bundles: the histories to time (baskets, movielens, a CSV; default: drawn "
+        "from the bundle's own catalogue by popularity)",
+    )
     parser.add_argument("--repeats", type=int, help="at least N timed calls per latency loop (default 200)")
     parser.add_argument("--min-time", type=float, help="at least S seconds per latency loop (default 2)")
     parser.add_argument("--batch-sizes", default="1,4,8", help="throughput batch sizes (default 1,4,8)")
@@ -98,6 +104,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     profile = load_profile(args.profile) if args.profile else None
     bundles = [Bundle.open(path) for path in args.bundle]  # a bad path fails before any timing
+    recommendation = [b.manifest.task is Task.RECOMMENDATION for b in bundles]
+    if any(recommendation):
+        if not all(recommendation) or args.baseline:
+            raise ConfigError(
+                "bench recommendation bundles on their own (recommend() is timed, not image inference), "
+                "without --baseline"
+            )
+        return run_recommendation_bench(args, bundles, profile)
     baseline_bundle = Bundle.open(args.baseline) if args.baseline else None
     # Which runtime runs each bundle is settled before any timing: a mismatch fails at once.
     plan = [(b, _runtimes(b, None if args.all_runtimes else profile, args.runtime)) for b in bundles]

@@ -130,6 +130,11 @@ class Recommender:
         return self._items.catalogue
 
     @property
+    def items(self) -> ItemTable:
+        """The item side as loaded (catalogue, popularity, stored table): read-only."""
+        return self._items
+
+    @property
     def spec(self) -> RecommendationSpec:
         """The bundle's item side: n_items, dim, max_len, kind, table precision."""
         return self._spec

@@ -20,6 +20,7 @@ import numpy as np
 from sdk.errors import ConfigError
 from sdk.qa.bench_stats import LatencyStats, interleaved_blocks, latency_stats
 from sdk.recommender import Recommender
+from sdk.recommender_items import ItemTable
 
 _SPLIT_CALLS = 100
 
@@ -107,6 +108,31 @@ def markdown(rows: Sequence[RecBenchRow]) -> str:
             f"{r.encode_p50_ms:.3f} | {r.score_p50_ms:.3f} |"
         )
     return "\n".join(lines)
+
+
+def sample_histories(items: ItemTable, max_len: int, count: int = 500, seed: int = 0) -> list[list[str]]:
+    """``count`` histories drawn from a bundle's own catalogue, for a bench without a dataset.
+
+    Items are drawn by popularity (how often they were seen in training, plus one), without
+    repeats within a history; lengths are uniform in 1..``max_len``. Seeded: the same bundle
+    gives the same histories.
+
+    Raises:
+        ConfigError: ``count`` or ``max_len`` is not positive.
+    """
+    if count < 1 or max_len < 1:
+        raise ConfigError(f"sample_histories: count {count} and max_len {max_len} must be >= 1")
+    rng = np.random.default_rng(seed)
+    weights = np.asarray(items.popularity, np.float64) + 1.0
+    weights /= weights.sum()
+    n = items.n_items
+    ids = items.catalogue.ids
+    histories = []
+    for _ in range(count):
+        length = int(rng.integers(1, min(max_len, n) + 1))
+        picked = rng.choice(n, size=length, replace=False, p=weights)
+        histories.append([ids[i] for i in picked])
+    return histories
 
 
 def _loop(recommender: Recommender, histories: Sequence[Sequence[str]], k: int) -> Any:

@@ -339,3 +339,24 @@ def test_cli_rec_bench_succeeds_with_json_and_reports(planted: Planted, tmp_path
     # litert cannot open an ONNX bundle: skipped with a line, the ONNX Runtime row is there.
     assert [row["runtime"] for row in payload["rows"]] == ["onnxruntime"]
     assert (tmp_path / "rec_bench.md").is_file() and (tmp_path / "rec_bench.json").is_file()
+
+
+def test_cli_bench_succeeds_with_recommendation_bundles_and_fails_over_budget(
+    planted: Planted, tmp_path: Path, capsys
+) -> None:
+    from cli import main
+
+    bundle = str(planted.bundles[ModelFormat.ONNX].path)
+    assert main(["bench", "--bundle", bundle, "--quick", "--out", str(tmp_path / "ok"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["task"] == "recommendation" and "popularity" in payload["histories"]
+    assert {row["runtime"] for row in payload["rows"]} >= {"onnxruntime"} and payload["rows"][0]["bundle_bytes"] > 0
+    profile = tmp_path / "tight.yaml"
+    text = (Path(__file__).parents[2] / "hw_profiles" / "onnxruntime-cpu.yaml").read_text()
+    profile.write_text(
+        text.replace("id: onnxruntime-cpu", "id: tight").replace("p99_recommend_ms: 10", "p99_recommend_ms: 1.0e-6")
+    )
+    assert main(["bench", "--bundle", bundle, "--profile", str(profile), "--quick", "--out", str(tmp_path / "no")]) == 1
+    assert "budget FAIL" in capsys.readouterr().out
+    assert main(["bench", "--bundle", bundle, "--baseline", bundle, "--quick"]) == 2
+    assert "bench recommendation bundles on their own" in capsys.readouterr().err
