@@ -3,6 +3,10 @@
 Every argument is checked against the model before anything is written; then the source is
 prepared once (``.keras`` + SavedModel in a work dir under ``out_dir``) and each format step
 runs and is packaged into ``out_dir/<name>-<format>-fp32/``.
+
+The recommendation bundles (``converters/export/rec_bundle.py``) drive the same steps with the
+public helpers here: :func:`parse_formats`, :func:`step_config`, :func:`package_model` and
+:data:`BUNDLE_NAME`.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from converters.export import keras as export_keras
 from converters.export import onnx as export_onnx
 from converters.export import openvino as export_openvino
+from converters.export import savedmodel as export_savedmodel
 from converters.export import tflite as export_tflite
 from converters.export.package import IMAGE_TASKS, Lineage, PackageSpec, bundle_dir_name, check_bundle_target, package
 from converters.export.source import OpenedSource, SourceModel, load_source, open_source
@@ -36,9 +41,34 @@ EXPORT_STEPS: dict[ModelFormat, ExportStep] = {
     ModelFormat.OPENVINO: export_openvino.STEP,
     ModelFormat.ONNX: export_onnx.STEP,
     ModelFormat.KERAS: export_keras.STEP,
+    ModelFormat.SAVEDMODEL: export_savedmodel.STEP,
 }
-DEFAULT_FORMATS: tuple[str, ...] = tuple(f.value for f in EXPORT_STEPS)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# What export() writes unless asked: the SavedModel reference bundle only on request (the
+# Keras one is the reference of the image models, whose layers are importable everywhere).
+DEFAULT_FORMATS: tuple[str, ...] = tuple(f.value for f in EXPORT_STEPS if f is not ModelFormat.SAVEDMODEL)
+# How a bundle's name must look: letters, digits, '.', '_', '-', starting with a letter or digit.
+BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class Packager(Protocol):
+    """``package``'s signature: a step's model file -> a verified bundle directory."""
+
+    def __call__(
+        self,
+        model_file: Path,
+        *,
+        out_dir: Path,
+        spec: PackageSpec,
+        lineage: Lineage,
+        metrics: Mapping[str, Mapping[str, Any]] | None = None,
+        move: bool = False,
+        overwrite: bool = True,
+    ) -> Bundle: ...
+
+
+# How a format's model file becomes a bundle: ``package`` copies a file (and its companions);
+# a SavedModel is a directory of files.
+PACKAGERS: dict[ModelFormat, Packager] = {ModelFormat.SAVEDMODEL: export_savedmodel.package_saved_model}
 
 
 def export(
@@ -61,7 +91,8 @@ def export(
         model: a ``keras.Model``, a ``.keras`` file or a SavedModel directory.
         out_dir: where the bundle directories ``<name>-<format>-fp32`` are written.
         formats: any of ``tflite``, ``openvino``, ``onnx``, ``keras`` (the reference bundle;
-            it needs a Keras source).
+            it needs a Keras source), ``savedmodel`` (a reference bundle TensorFlow runs without
+            the model's custom layer classes); the default leaves out ``savedmodel``.
         name: the bundles' name: letters, digits, ``.``, ``_``, ``-``.
         labels: one label per output class, in output order (empty for embeddings).
         preprocessing: how images become the input tensor; its size must match the model's.
@@ -83,10 +114,10 @@ def export(
         BackendUnavailableError: a format's runtime is missing, so its specs cannot be read.
     """
     say = progress or (lambda line: None)
-    steps = [EXPORT_STEPS[f] for f in _parse_formats(formats)]
+    steps = [EXPORT_STEPS[f] for f in parse_formats(formats)]
     _check_arguments(name, labels, preprocessing, task, output_kind)
     metadata = ModelMetadata(task=task, output_kind=output_kind, preprocessing=preprocessing, labels=tuple(labels))
-    step_configs = {s.format: _config(s, (configs or {}).get(s.format), metadata) for s in steps}
+    step_configs = {s.format: step_config(s, (configs or {}).get(s.format), metadata) for s in steps}
     for step in steps:
         step.check_config(step_configs[step.format])
     out_dir = Path(out_dir)
@@ -130,7 +161,7 @@ def _export_one(
 ) -> Bundle:
     """Run one format step and package its model as ``out_dir/<name>-<format>-<precision>``."""
     model_file, record = run_step(step, source, config, work / step.format.value)
-    bundle = package(
+    bundle = package_model(
         model_file,
         out_dir=out_dir / bundle_dir_name(spec.name, spec.format, spec.precision),
         spec=spec,
@@ -142,7 +173,34 @@ def _export_one(
     return bundle
 
 
-def _parse_formats(formats: Iterable[str | ModelFormat]) -> list[ModelFormat]:
+def package_model(
+    model_file: Path,
+    *,
+    out_dir: Path,
+    spec: PackageSpec,
+    lineage: Lineage,
+    metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    move: bool = False,
+    overwrite: bool = True,
+) -> Bundle:
+    """Package a format step's model file with the packager of ``spec.format`` (:data:`PACKAGERS`).
+
+    Raises:
+        ConfigError, ConversionError, BackendUnavailableError, ManifestError: as
+            ``converters.export.package.package``.
+    """
+    packager = PACKAGERS.get(spec.format, package)
+    return packager(
+        model_file, out_dir=out_dir, spec=spec, lineage=lineage, metrics=metrics, move=move, overwrite=overwrite
+    )
+
+
+def parse_formats(formats: Iterable[str | ModelFormat]) -> list[ModelFormat]:
+    """The formats asked for, parsed, without repeats, in the order given.
+
+    Raises:
+        ConfigError: a format is unknown or cannot be exported, or none is given.
+    """
     if isinstance(formats, (str, ModelFormat)):
         formats = [formats]
     parsed: list[ModelFormat] = []
@@ -168,7 +226,7 @@ def _check_arguments(
     task: Task,
     output_kind: OutputKind,
 ) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not BUNDLE_NAME.match(name):
         raise ConfigError(
             f"export: name {name!r} must start with a letter or digit and use only letters, digits, '.', '_', '-'"
         )
@@ -227,7 +285,8 @@ def _check_against_model(
         )
 
 
-def _config(step: ExportStep, given: Any, metadata: ModelMetadata) -> Any:
+def step_config(step: ExportStep, given: Any, metadata: ModelMetadata) -> Any:
+    """``given`` (or the step's default config) with an empty ``metadata`` filled from ``metadata``."""
     config = given if given is not None else step.config_type()
     fields = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else set()
     if "metadata" in fields and config.metadata is None:

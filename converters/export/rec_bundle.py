@@ -21,10 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converters.export.package import Lineage, PackageSpec, bundle_dir_name, check_bundle_target, package
+from converters.export.package import Lineage, PackageSpec, bundle_dir_name, check_bundle_target
 
-# The export driver's own helpers: formats are parsed and step configs filled exactly as export() does.
-from converters.export.pipeline import _NAME, DEFAULT_FORMATS, EXPORT_STEPS, _config, _parse_formats
+# The export driver's helpers: formats are parsed, step configs filled and models packaged as export() does.
+from converters.export.pipeline import (
+    BUNDLE_NAME,
+    DEFAULT_FORMATS,
+    EXPORT_STEPS,
+    package_model,
+    parse_formats,
+    step_config,
+)
 from converters.export.source import OpenedSource, SourceModel, load_source, open_source
 from converters.export.steps import ExportStep, ModelMetadata, run_step
 from sdk.bundle import Bundle, write_bundle
@@ -73,7 +80,8 @@ def package_recommender(
         out_dir: where the bundle directories are written.
         name: the bundles' name (letters, digits, ``.``, ``_``, ``-``).
         kind: ``"baskets"`` (order-free sets) or ``"sequences"`` (histories, newest last).
-        formats: any of ``tflite``, ``openvino``, ``onnx``, ``keras``.
+        formats: any of ``tflite``, ``openvino``, ``onnx``, ``keras``, ``savedmodel`` (the
+            TensorFlow reference bundle that needs no custom layer classes; not in the default).
         table_precision: ``int8`` (symmetric, one scale per row), ``fp16`` or ``fp32``.
         max_len: the encoder's window; read from the model when None (it must then be static).
         steps: lineage steps that made the encoder (training, distillation), recorded first.
@@ -92,7 +100,7 @@ def package_recommender(
         BackendUnavailableError: a format's runtime is missing, so its specs cannot be read.
     """
     say = progress or (lambda line: None)
-    chosen = [EXPORT_STEPS[f] for f in _parse_formats(formats)]
+    chosen = [EXPORT_STEPS[f] for f in parse_formats(formats)]
     precision = _check_scalars(name, kind, table_precision)
     table = np.asarray(item_table)
     out_dir = Path(out_dir)
@@ -166,7 +174,7 @@ def _package_with_items(
     """``package`` into a hidden sibling, add the item files and their hashes, rename into place."""
     staging = target.parent / f".{target.name}.rec-partial"
     try:
-        bundle = package(model_file, out_dir=staging, spec=spec, lineage=lineage, move=True, overwrite=True)
+        bundle = package_model(model_file, out_dir=staging, spec=spec, lineage=lineage, move=True, overwrite=True)
         _check_specs(
             f"{target.name}: {bundle.manifest.model_file}",
             bundle.manifest.inputs,
@@ -202,7 +210,7 @@ def _targets(
     """Each step's config (checked), bundle spec and target directory (checked free or replaceable)."""
     targets = {}
     for step in chosen:
-        config = _config(step, (configs or {}).get(step.format), METADATA)
+        config = step_config(step, (configs or {}).get(step.format), METADATA)
         step.check_config(config)
         spec = PackageSpec(name=name, format=step.format, precision=config.precision, metadata=METADATA)
         path = out_dir / bundle_dir_name(name, step.format, spec.precision)
@@ -213,7 +221,7 @@ def _targets(
 
 def _check_scalars(name: str, kind: str, table_precision: str | Precision) -> Precision:
     """The table precision, after checking the bundle name, the kind and the precision."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not BUNDLE_NAME.match(name):
         raise ConfigError(
             f"package_recommender: name {name!r} must start with a letter or digit and use only letters, "
             "digits, '.', '_', '-'"
