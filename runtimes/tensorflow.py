@@ -1,5 +1,6 @@
 """TensorFlow reference adapter: the server model itself (a Keras ``.keras``/``.h5`` file or a
-SavedModel directory), on a GPU when one is present, else on the CPU in fp32.
+SavedModel directory, or its ``saved_model.pb`` as a bundle names it), on a GPU when one is
+present, else on the CPU in fp32.
 
 Precision is fp32 unless the Keras model computes in float16/bfloat16 (a mixed-precision
 policy on any layer -> mixed) or a SavedModel takes float16 inputs (-> fp16).
@@ -29,6 +30,7 @@ from sdk.tensors import TensorSpec
 
 _NAME = "tensorflow"
 _SIGNATURE = "serving_default"
+_SAVED_MODEL_PB = "saved_model.pb"
 
 
 def _tf() -> Any:
@@ -236,6 +238,9 @@ class _Loaded:
 
 def _load(model_path: Path) -> _Loaded:
     require_file(model_path, _NAME, directory_ok=True)
+    if model_path.name == _SAVED_MODEL_PB and model_path.is_file():
+        # A bundle names its SavedModel by saved_model.pb (a manifest lists files): load the directory.
+        model_path = model_path.parent
     tf = _tf()
     if model_path.is_dir():
         try:
