@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.tensorflow
     ("spec", "pooling"), [("synthetic-sequences", "mean"), ("synthetic-baskets", "query")], ids=["sequences", "query"]
 )
 def test_package_teacher_succeeds_with_the_bundle_scoring_like_the_keras_model(
-    spec: str, pooling: str, tmp_path: Path
+    spec: str, pooling: Any, tmp_path: Path
 ) -> None:
     dataset = open_rec_dataset(spec)
     config = SasRecConfig(
