@@ -38,6 +38,7 @@ import numpy as np
 from sdk.enums import OutputKind
 from sdk.errors import ConfigError, InputError
 from sdk.qa.parity_checks import (
+    TASK_FIELDS,
     TOLERANCE_METRICS,
     Check,
     Comparison,
@@ -51,6 +52,7 @@ from sdk.qa.parity_checks import (
 __all__ = [
     "PROBABILITY_FLOOR",
     "PSNR_CAP_DB",
+    "TASK_FIELDS",
     "TOLERANCE_METRICS",
     "TOP_K",
     "Check",

@@ -37,6 +37,18 @@ TOLERANCE_METRICS: dict[str, tuple[Tier, str, Comparison]] = {
     "min_top5_overlap": ("task", "top5_overlap", ">="),
     "min_accuracy_ratio": ("task", "accuracy_ratio", ">="),
     "max_worst_class_recall_drop": ("task", "worst_class_recall_drop", "<="),
+    # Recommendations: the candidate's top-10 against the reference's.
+    "min_overlap_at_10": ("task", "overlap_at_10", ">="),
+    "min_ndcg_at_10": ("task", "ndcg_at_10_vs_reference", ">="),
+}
+# A profile's tolerance line serves image and recommendation bundles alike; each task is judged
+# only on the fields that mean something for it (held-out accuracy_ratio is NDCG@10's for a recommender).
+TASK_FIELDS: dict[str, frozenset[str]] = {
+    "classification": frozenset(TOLERANCE_METRICS) - {"min_overlap_at_10", "min_ndcg_at_10"},
+    "recommendation": frozenset(
+        {"max_abs_diff", "mean_abs_diff", "p99_abs_diff", "min_cosine", "min_accuracy_ratio"}
+        | {"min_overlap_at_10", "min_ndcg_at_10"}
+    ),
 }
 
 
@@ -111,8 +123,14 @@ class ParityVerdict:
         }
 
 
-def evaluate(metrics: Mapping[str, Any], tolerance: ParityTolerance, *, missing: Missing = "fail") -> list[Check]:
-    """One check per tolerance field that is set, in the order ParityTolerance declares them.
+def evaluate(
+    metrics: Mapping[str, Any],
+    tolerance: ParityTolerance,
+    *,
+    missing: Missing = "fail",
+    task: str = "classification",
+) -> list[Check]:
+    """One check per tolerance field that is set and applies to ``task``, in declaration order.
 
     A NaN observation fails. A metric that is absent or ``None`` (no labels, an embedding
     model) fails with ``missing="fail"`` — a gate must not pass on what it never measured —
@@ -122,17 +140,20 @@ def evaluate(metrics: Mapping[str, Any], tolerance: ParityTolerance, *, missing:
         metrics: the flat dict from :func:`compute_metrics` (or the tiers merged by hand).
         tolerance: the profile's tolerances for the candidate's precision.
         missing: what to do with a tolerance whose metric was not measured.
+        task: ``classification`` or ``recommendation`` (:data:`TASK_FIELDS`).
 
     Raises:
-        ConfigError: ``missing`` is not "fail" or "skip".
+        ConfigError: ``missing`` is not "fail" or "skip", or ``task`` is unknown.
         KeyError: a ParityTolerance field has no entry in TOLERANCE_METRICS (a bug here).
     """
     if missing not in ("fail", "skip"):
         raise ConfigError(f"missing must be 'fail' or 'skip', got {missing!r}")
+    if task not in TASK_FIELDS:
+        raise ConfigError(f"parity task must be one of {', '.join(TASK_FIELDS)}, got {task!r}")
     checks: list[Check] = []
     for field in dataclasses.fields(tolerance):
         allowed = getattr(tolerance, field.name)
-        if allowed is None:
+        if allowed is None or field.name not in TASK_FIELDS[task]:
             continue
         tier, metric, comparison = TOLERANCE_METRICS[field.name]
         value = metrics.get(metric)

@@ -14,6 +14,7 @@ from sdk.errors import ConfigError, InputError
 from sdk.profiles import ParityTolerance
 from sdk.qa.parity import (
     PSNR_CAP_DB,
+    TASK_FIELDS,
     TOLERANCE_METRICS,
     ParityVerdict,
     compute_metrics,
@@ -202,7 +203,19 @@ def test_tolerance_metrics_succeeds_with_every_tolerance_field_mapped() -> None:
     fields = {f.name for f in dataclasses.fields(ParityTolerance)}
     assert fields == set(TOLERANCE_METRICS)
     metrics = compute_metrics(LOGITS, LOGITS, output_kind="logits", labels=np.array([0, 2, 1]))
-    assert {metric for _, metric, _ in TOLERANCE_METRICS.values()} <= set(metrics)
+    image = {TOLERANCE_METRICS[f][1] for f in TASK_FIELDS["classification"]}
+    assert image <= set(metrics)
+    assert set().union(*TASK_FIELDS.values()) == fields
+
+
+def test_evaluate_succeeds_with_only_the_fields_of_the_task() -> None:
+    tolerance = ParityTolerance(min_top1_agreement=1.0, min_overlap_at_10=0.9, min_accuracy_ratio=0.99)
+    metrics = {"top1_agreement": 1.0, "accuracy_ratio": 1.0, "overlap_at_10": 0.5}
+    assert [c.metric for c in evaluate(metrics, tolerance)] == ["top1_agreement", "accuracy_ratio"]
+    rec = evaluate(metrics, tolerance, task="recommendation")
+    assert [(c.metric, c.passed) for c in rec] == [("accuracy_ratio", True), ("overlap_at_10", False)]
+    with pytest.raises(ConfigError, match="parity task must be one of"):
+        evaluate(metrics, tolerance, task="detection")
 
 
 def test_evaluate_succeeds_with_identical_outputs_under_fp32_tolerances() -> None:
