@@ -20,6 +20,7 @@ import numpy as np
 
 from cli import quickstart_pipeline as qp
 from cli._common import QUICKSTART_OUT, emit, log
+from cli.quickstart_rec import recommender_stages
 from sdk import preprocess as pp
 from sdk import synthetic
 from sdk.bundle import Bundle
@@ -74,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the small built-in CNN as the teacher even if a trained teacher exists",
     )
+    parser.add_argument(
+        "--rec-data",
+        default="baskets",
+        help="the basket recommender's data: baskets (../shared/data/groceries-baskets; synthetic baskets "
+        "with planted co-occurrences when absent), synthetic-baskets or a baskets file",
+    )
+    parser.add_argument("--rec-epochs", type=int, default=20, help="recommendation student epochs (default 20)")
+    parser.add_argument(
+        "--rec-teacher-epochs", type=int, help="recommendation teacher's most epochs (default 30, early stop)"
+    )
+    parser.add_argument("--no-recommender", action="store_true", help="skip the basket recommender half")
     parser.epilog = "example: shelfedge quickstart --out out/quickstart"
 
 
@@ -124,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
     parity = qp.parity_stage(converted.chosen, source_bundle.path, val, profile)
     bench = qp.bench_stage(converted.chosen, teacher_bundle, profile, val, out)
     pipeline = qp.summary_rows(teacher, converted, parity, bench, profile)
+    rec = None
+    if not args.no_recommender:
+        rec = recommender_stages(
+            out, data=args.rec_data, teacher_epochs=args.rec_teacher_epochs, student_epochs=args.rec_epochs
+        )
+        pipeline += rec.rows
     pipeline_table = markdown_table(pipeline, ["stage", "result"])
     summary = {
         "schema_version": 1,
@@ -143,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
         "parity": [r.to_dict() for r in parity],
         "bench": {"report": str(out / "bench" / "bench.json"), "comparison": bench[2].to_dict()},
         "pipeline": pipeline,
-        "passed": all(r.verdict.passed for r in parity) and all(c.passed is not False for c in bench[0].budgets),
+        "recommender": rec.to_dict() if rec else None,
+        "passed": all(r.verdict.passed for r in parity)
+        and all(c.passed is not False for c in bench[0].budgets)
+        and (rec is None or rec.passed),
         "host": host_info(),
         "tool_versions": tool_versions(),
         "seconds": round(time.perf_counter() - started, 1),

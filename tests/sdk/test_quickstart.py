@@ -31,6 +31,10 @@ def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(
             "--input-size",
             "32",
             "--small",
+            "--rec-data",
+            "synthetic-baskets",
+            "--rec-teacher-epochs",
+            "1",
             "--json",
         ]
     )
@@ -64,12 +68,18 @@ def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(
     assert comparison["infer_p50_speedup"] > 0 and comparison["size_ratio"] > 0
     assert (out / "bench" / "bench.json").is_file() and (out / "convert" / "x86-kiosk-cpu" / "report.md").is_file()
     # The bench row names what was benched: the chosen bundle on the profile's runtime.
-    assert [row["stage"] for row in report["pipeline"]] == [
+    assert [row["stage"] for row in report["pipeline"]][:4] == [
         "teacher",
         "convert (x86-kiosk-cpu)",
         "parity vs fp32 source",
         f"bench ({chosen.name} on openvino)",
     ]
+    # The basket recommender: trained, distilled, packaged, the same answer on every runtime, and the
+    # planted partners of the synthetic baskets ranked first.
+    rec = report["recommender"]
+    assert rec["synthetic"] and rec["planted_top1"] >= 0.9 and rec["example"]["runtimes_agree"]
+    assert set(rec["bundles"]) == {"tflite", "openvino", "onnx"} and len(rec["example"]["top3"]) == 4
+    assert "planted co-occurrences" in [row["stage"] for row in report["pipeline"]] and report["passed"]
     assert "x faster" in report["pipeline"][3]["result"]
     assert "Release check for x86-kiosk-cpu" in (out / "report.md").read_text()
     # Other libraries' messages went to the log file, not to the terminal.
