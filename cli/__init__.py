@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cli.rec_bench",
         "recommend() latency end to end per recommendation bundle and runtime, interleaved, p50/p90/p99",
     ),
+    "rec-cost": (
+        "cli.rec_cost",
+        "recommend() p50/p99 vs catalogue size (1k-1M) per runtime, in-graph top-k vs numpy, IVF past the budget",
+    ),
     "rec-distill": (
         "cli.rec_distill",
         "the on-device recommendation student with and without KD at equal epochs, vs the teacher, with CIs",
