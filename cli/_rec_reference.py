@@ -1,9 +1,11 @@
 """What ``shelfedge reference`` and ``shelfedge parity`` share for recommenders.
 
 The model a recommendation reference is made from is a recommendation bundle TensorFlow runs
-(SavedModel, or Keras with the project's layers) or the SASRec teacher itself (a ``.keras`` file or
-the directory holding ``teacher.keras``), which is packaged for the run as a SavedModel bundle
-(``converters.training.rec_teacher_bundle``). The converters (TensorFlow) are imported only then.
+(SavedModel, or Keras with the project's layers), a saved student (``RecStudent.save``: a directory
+holding ``student.json``) or the SASRec teacher itself (a ``.keras`` file or the directory holding
+``teacher.keras``); a student or teacher is packaged for the run as a SavedModel bundle with an fp32
+item table (``converters.training.rec_teacher_bundle``). The converters (TensorFlow) are imported
+only then.
 """
 
 from __future__ import annotations
@@ -23,14 +25,19 @@ from sdk.qa.rec_reference_spec import RecDatasetSpec, select_cases
 from sdk.rec_datasets import NAMED, RecDataset, open_rec_dataset
 
 TEACHER_FILE = "teacher.keras"  # converters.training.recommender.MODEL_FILE
+STUDENT_FILE, ENCODER_FILE = "student.json", "encoder.keras"  # converters.models.rec_student
 
 
 def is_recommendation_model(model: str | Path) -> bool:
-    """A recommendation bundle, a teacher ``.keras`` file or a directory holding ``teacher.keras``."""
+    """A recommendation bundle, a student directory, a teacher ``.keras`` file or a directory holding one."""
     path = Path(model)
     if (path / MANIFEST_NAME).is_file():
         return Manifest.load(path / MANIFEST_NAME).task is Task.RECOMMENDATION
-    return (path.is_file() and path.suffix == ".keras") or (path / TEACHER_FILE).is_file()
+    return (
+        (path.is_file() and path.suffix == ".keras")
+        or (path / TEACHER_FILE).is_file()
+        or (path / STUDENT_FILE).is_file()
+    )
 
 
 def is_recommendation_bundle(path: str | Path) -> bool:
@@ -52,11 +59,16 @@ def register_layers(bundles: Sequence[str | Path]) -> None:
         import converters.models.rec_student  # noqa: F401  registers the student's and the teacher's layers
 
 
-def make_reference(model: str | Path, dataset: RecDataset, spec: RecDatasetSpec, out: Path) -> RecReference:
-    """Run a recommendation bundle or the teacher on the TensorFlow reference path and save the reference.
+def make_reference(
+    model: str | Path, dataset: RecDataset, spec: RecDatasetSpec, out: Path, *, bundle_out: Path | None = None
+) -> RecReference:
+    """Run a recommendation bundle, a saved student or the teacher on the TensorFlow path; save the reference.
+
+    A student or teacher is packaged first as a SavedModel bundle (fp32 table) in ``bundle_out``, or in a
+    temporary directory.
 
     Raises:
-        ConfigError: the model is neither a recommendation bundle nor a teacher.
+        ConfigError: the model is none of these, or does not fit the dataset.
         ConversionError: the teacher cannot be split into encoder and item table.
         BundleError, ManifestError, BackendUnavailableError, InferenceError: see ``Recommender.create``.
     """
@@ -65,31 +77,46 @@ def make_reference(model: str | Path, dataset: RecDataset, spec: RecDatasetSpec,
     path = Path(model)
     if (path / MANIFEST_NAME).is_file():
         if not is_recommendation_bundle(path):
-            raise ConfigError(f"--model {path}: not a recommendation bundle; pass one, or a teacher .keras")
+            raise ConfigError(f"--model {path}: not a recommendation bundle; pass one, a student or a teacher")
         register_layers([path])
         return make_rec_reference(path, dataset, spec, out, log=log)
-    teacher = path / TEACHER_FILE if path.is_dir() else path
-    if not teacher.is_file():
-        raise ConfigError(
-            f"--model {path}: neither a bundle nor a teacher (.keras file or a directory holding {TEACHER_FILE})"
-        )
-    from converters.training.rec_teacher_bundle import package_teacher
+    with tempfile.TemporaryDirectory(prefix="shelfedge-rec-model-") as tmp:
+        bundle, identity = _package_model(path, dataset, bundle_out or Path(tmp))
+        return make_rec_reference(bundle, dataset, spec, out, model=identity, log=log)
 
-    sha = sha256_tree(teacher)
-    identity = {
-        "model": str(teacher),
-        "model_kind": "teacher",
-        "model_name": f"{dataset.name} teacher",
+
+def _package_model(path: Path, dataset: RecDataset, out: Path) -> tuple[Bundle, dict[str, object]]:
+    """A student directory or the teacher as a SavedModel bundle in ``out``, and the info naming the model."""
+    from converters.training.rec_teacher_bundle import package_student, package_teacher
+
+    def say(line: str) -> None:
+        log(f"[reference] {line}")
+
+    if (path / STUDENT_FILE).is_file():
+        file, kind = path / ENCODER_FILE, "student"
+        log(f"[reference] packaging the student {path} as a SavedModel bundle (fp32 item table)")
+        bundle = package_student(path, dataset, out, progress=say)[ModelFormat.SAVEDMODEL]
+    else:
+        file, kind = (path / TEACHER_FILE if path.is_dir() else path), "teacher"
+        if not file.is_file():
+            raise ConfigError(
+                f"--model {path}: not a bundle, a student directory ({STUDENT_FILE}) or a teacher (.keras file or "
+                f"a directory holding {TEACHER_FILE})"
+            )
+        log(f"[reference] packaging the teacher {file} as a SavedModel bundle")
+        bundle = package_teacher(file, dataset, out, progress=say)[ModelFormat.SAVEDMODEL]
+    sha = sha256_tree(file)
+    identity: dict[str, object] = {
+        "model": str(path),
+        "model_kind": kind,
+        "model_name": f"{dataset.name} {kind}",
         "model_sha256": sha,
-        "model_source": str(teacher),
+        "model_source": str(file),
         "model_parent": None,
         "model_file_sha256": sha,
-        "format": "keras (run as a SavedModel)",
+        "format": f"keras (run as the SavedModel bundle {bundle.path.name})",
     }
-    with tempfile.TemporaryDirectory(prefix="shelfedge-teacher-") as tmp:
-        log(f"[reference] packaging the teacher {teacher} as a SavedModel bundle")
-        bundle = package_teacher(teacher, dataset, tmp, progress=lambda line: log(f"[reference] {line}"))
-        return make_rec_reference(bundle[ModelFormat.SAVEDMODEL], dataset, spec, out, model=identity, log=log)
+    return bundle, identity
 
 
 def reference_cases(reference: RecReference, dataset: str | None) -> EvalCases:

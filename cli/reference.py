@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         help="the server model's Keras reference bundle (images); for recommendations a recommendation bundle "
-        "TensorFlow runs (savedmodel/keras) or the teacher (.keras file or the directory holding teacher.keras)",
+        "TensorFlow runs (savedmodel/keras), a saved student directory (student.json) or the teacher (.keras "
+        "file or the directory holding teacher.keras)",
     )
     parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument(
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N images / cases only (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="recommendations: the basket split's seed (default 0)")
     parser.add_argument("--out", required=True, help="reference directory to write (npz + json)")
+    parser.add_argument(
+        "--bundle-out",
+        help="recommendations: keep the SavedModel bundle a student or teacher --model is packaged as, here "
+        "(default: a temporary directory)",
+    )
     parser.epilog = (
         "examples: shelfedge reference --model out/quickstart/bundles/shelf_cnn-keras-fp32 "
         "--data ../shared/data/grocery --out out/ref; "
@@ -69,7 +75,8 @@ def _run_recommendations(args: argparse.Namespace) -> int:
         )
     dataset = open_dataset(args.dataset, args.seed)
     spec = RecDatasetSpec.of(dataset, args.dataset, split=args.split or "test", limit=args.limit, seed=args.seed)
-    ref = make_reference(args.model, dataset, spec, Path(args.out))
+    bundle_out = Path(args.bundle_out) if args.bundle_out else None
+    ref = make_reference(args.model, dataset, spec, Path(args.out), bundle_out=bundle_out)
     info = ref.info
     payload = {
         "path": str(ref.path),

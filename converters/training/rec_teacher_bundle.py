@@ -1,4 +1,4 @@
-"""The recommendation teacher as a recommendation bundle: its encoder and its tied item table.
+"""The recommendation teacher (and a saved student) as recommendation bundles with an fp32 item table.
 
 The SASRec teacher (:func:`converters.models.sasrec.build_sasrec`) scores a history as
 ``state @ table[1:].T``: the pooled state times the item embedding table it also reads its input
@@ -10,6 +10,9 @@ reference path without the custom layer classes) and served and compared like an
 
 The split is checked, not assumed: the packaged encoder times the table must give the teacher's
 own scores on real histories of the dataset before any bundle is written.
+
+:func:`package_student` does the same for a saved student (``RecStudent.save``): its encoder and
+its fp32 table and bias, the reference of the int8-table bundles ``shelfedge rec-distill`` writes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from converters.export.rec_bundle import package_recommender
+from converters.models.rec_student import ENCODER_FILE, RecStudent
 from converters.models.sasrec import ITEM_TABLE, pad_histories
 from converters.training.recommender import MODEL_FILE
 from sdk.bundle import Bundle, sha256_tree
@@ -32,7 +36,14 @@ from sdk.manifest import Step
 from sdk.rec_datasets import RecDataset
 from sdk.versions import tool_versions
 
-__all__ = ["STATE_LAYERS", "TeacherSplit", "package_teacher", "split_teacher"]
+__all__ = [
+    "STATE_LAYERS",
+    "TeacherSplit",
+    "package_student",
+    "package_teacher",
+    "split_teacher",
+    "train_popularity",
+]
 
 # The layer whose output is the pooled state, by build_sasrec's shapes: sequences
 # (LastPosition), baskets with mean pooling (MaskedMean), baskets with a learned query (LastPosition).
@@ -143,9 +154,6 @@ def package_teacher(
     """
     split_cases = dataset.split.valid.histories[:_CHECK_CASES]
     split = split_teacher(teacher, dataset.split.n_items, split_cases)
-    popularity = np.zeros(dataset.split.n_items)
-    for row in dataset.split.train:
-        np.add.at(popularity, np.unique(row), 1.0)
     step = Step(
         name="split_teacher",
         config={
@@ -163,7 +171,7 @@ def package_teacher(
         split.item_table,
         None,
         dataset.interactions.catalogue,
-        popularity,
+        train_popularity(dataset),
         out_dir=Path(out_dir),
         name=name or f"{dataset.name}-teacher",
         kind=dataset.interactions.kind,
@@ -174,6 +182,59 @@ def package_teacher(
         overwrite=overwrite,
         progress=progress,
     )
+
+
+def package_student(
+    student_dir: str | os.PathLike,
+    dataset: RecDataset,
+    out_dir: str | os.PathLike,
+    formats: Iterable[str | ModelFormat] = ("savedmodel",),
+    *,
+    name: str | None = None,
+    overwrite: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[ModelFormat, Bundle]:
+    """A saved student (``RecStudent.save``) as recommendation bundles with its fp32 item table and bias.
+
+    The fp32 counterpart of the bundles ``shelfedge rec-distill`` packages (int8 table): the reference
+    of hardware parity. The lineage root is the student's ``encoder.keras`` itself.
+
+    Raises:
+        ConfigError: the student cannot be read or does not fit the dataset's catalogue.
+        ConversionError, BackendUnavailableError: as ``package_recommender``.
+    """
+    path = Path(student_dir)
+    student = RecStudent.load(path)
+    if student.n_items != dataset.split.n_items or student.kind != dataset.interactions.kind:
+        raise ConfigError(
+            f"student {path}: {student.n_items:,} {student.kind} items, the dataset {dataset.split.n_items:,} "
+            f"{dataset.interactions.kind}; pass the student trained on this dataset"
+        )
+    label = f"{student.config.get('shape')}{student.config.get('dim')}"
+    return package_recommender(
+        path / ENCODER_FILE,
+        student.item_table,
+        student.item_bias,
+        dataset.interactions.catalogue,
+        train_popularity(dataset),
+        out_dir=Path(out_dir),
+        name=name or f"{dataset.name}-{label}-student",
+        kind=student.kind,
+        formats=formats,
+        table_precision="fp32",
+        max_len=student.max_len,
+        steps=(Step(name="load_student", config={"student": str(path), "config": student.config}),),
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def train_popularity(dataset: RecDataset) -> np.ndarray:
+    """How many training rows hold each item: the cold-start ranking, blind to the held-out items."""
+    popularity = np.zeros(dataset.split.n_items)
+    for row in dataset.split.train:
+        np.add.at(popularity, np.unique(row), 1.0)
+    return popularity
 
 
 def _load(teacher: Any) -> tuple[Any, str, str | None]:

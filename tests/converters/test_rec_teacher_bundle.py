@@ -11,8 +11,9 @@ import pytest
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from converters.models.rec_student import RecStudent, StudentConfig, build_student  # noqa: E402
 from converters.models.sasrec import SasRecConfig, build_sasrec, pad_histories  # noqa: E402
-from converters.training.rec_teacher_bundle import package_teacher, split_teacher  # noqa: E402
+from converters.training.rec_teacher_bundle import package_student, package_teacher, split_teacher  # noqa: E402
 from sdk.enums import ModelFormat, Precision  # noqa: E402
 from sdk.errors import ConfigError, ConversionError  # noqa: E402
 from sdk.rec_datasets import open_rec_dataset  # noqa: E402
@@ -62,3 +63,22 @@ def test_split_teacher_fails_with_another_catalogue_or_model(tmp_path: Path) -> 
         split_teacher(plain, 20)
     with pytest.raises(ConfigError, match="teacher.keras"):
         split_teacher(tmp_path, 20)
+
+
+def test_package_student_succeeds_with_its_fp32_table_and_bias(tmp_path: Path) -> None:
+    dataset = open_rec_dataset("synthetic-sequences")
+    config = StudentConfig(n_items=dataset.split.n_items, kind="sequences", shape="recency", dim=8, max_len=6)
+    encoder, model = build_student(config)
+    student = RecStudent.from_models(encoder, model, config)
+    student.save(tmp_path / "student")
+    bundle = package_student(tmp_path / "student", dataset, tmp_path / "bundles")[ModelFormat.SAVEDMODEL]
+    spec = bundle.manifest.recommendation
+    assert spec is not None and spec.table_precision is Precision.FP32 and spec.has_bias
+    assert bundle.manifest.provenance.source == str(tmp_path / "student" / "encoder.keras")
+    cases = dataset.split.test.histories[:8]
+    catalogue = dataset.interactions.catalogue
+    with Recommender.create(bundle, RecommenderOptions(runtime="tensorflow")) as rec:
+        got = np.stack([rec.scores([catalogue.ids[i] for i in h]) for h in cases])
+    np.testing.assert_allclose(got, student.score(cases), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="trained on this dataset"):
+        package_student(tmp_path / "student", open_rec_dataset("synthetic-baskets"), tmp_path / "other")

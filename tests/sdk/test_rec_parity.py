@@ -209,3 +209,20 @@ def test_cli_reference_and_parity_succeed_and_fail_by_exit_code(setup: Setup, tm
     if importlib.util.find_spec("onnxruntime"):
         bad = ["parity", "--bundle", str(setup.shuffled.path), "--reference", str(ref), "--runtime", "onnxruntime"]
         assert main([*bad, "--resamples", "100"]) == 1
+
+
+def test_cli_reference_succeeds_with_the_teacher_file(setup: Setup, tmp_path: Path) -> None:
+    n = setup.dataset.split.n_items
+    teacher = tmp_path / "teacher.keras"
+    build_sasrec(SasRecConfig(n_items=n, kind="baskets", max_len=8, dim=8, blocks=1)).save(teacher)
+    ref, kept = tmp_path / "ref", tmp_path / "bundles"
+    argv = ["reference", "--model", str(teacher), "--dataset", "synthetic-baskets", "--limit", "30"]
+    assert main([*argv, "--out", str(ref), "--bundle-out", str(kept)]) == 0
+    reference = load_rec_reference(ref)
+    assert reference.info["model_kind"] == "teacher" and reference.info["model"] == str(teacher)
+    assert (kept / "synthetic-baskets-teacher-savedmodel-fp32" / "manifest.json").is_file()
+    model = str(setup.bundles[ModelFormat.SAVEDMODEL].path)
+    out = tmp_path / "p"
+    assert main(["parity", "--bundle", model, "--reference", str(ref), "--resamples", "100", "--out", str(out)]) == 0
+    [row] = json.loads((out / "parity.json").read_text())["results"]
+    assert row["status"] == "not judged: different model" and not row["same_model"]
