@@ -1,33 +1,43 @@
-"""Image-header sniffing: the format, size and completeness an encoded image's first bytes tell.
+"""What an encoded image's bytes say before any decoder runs: its kind, and for PNG and JPEG the layout.
 
-:mod:`sdk.preprocess` reads the header before decoding so that non-images, truncated files
-and images too large to decode are refused with a clear message, without spending memory
-on a decode. Nothing here decodes pixels or raises: a header that cannot be parsed is
-described in the returned :class:`ImageHeader`.
+Pillow reads the headers of the other formats (see :mod:`sdk.preprocess._codecs`). Two
+questions no decoder library answers are answered here, by walking the container only
+(no pixel is decoded, nothing is allocated in proportion to a length field):
+
+- PNG (:func:`png_layout`): is every chunk inside the data with a correct CRC, is there an
+  IEND, is it animated? OpenCV's PNG reader trusts chunk lengths (a 200 KB file whose chunk
+  says 3.7 GB made it allocate 3.6 GB) and skips the CRC of image data.
+- JPEG (:func:`jpeg_layout`): is the image one interleaved sequential scan? Only then does
+  a reduced-scale decode need little memory: libjpeg keeps the whole image's DCT
+  coefficients for a progressive or multi-scan JPEG, whatever the output scale.
+
+:func:`image_kind` and :func:`describe_non_image` name what the data is for error messages.
+Nothing here raises on malformed data: problems are returned as values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import struct
+import zlib
 
-__all__ = ["ImageHeader", "sniff"]
+__all__ = ["JpegLayout", "PngLayout", "describe_non_image", "image_kind", "jpeg_layout", "png_layout"]
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ImageHeader:
-    """What the first bytes tell: the format and, where cheap to read, size and completeness."""
+# Magic numbers of the image formats, for messages about data no decoder could open.
+_IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (JPEG_SIGNATURE, 0, "JPEG"),
+    (PNG_SIGNATURE[:4], 0, "PNG"),
+    (b"GIF8", 0, "GIF"),
+    (b"WEBP", 8, "WebP"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
 
-    kind: str  # "JPEG", "PNG", ... for images; a description of the content otherwise
-    # True: a known image format; False: known not to be an image (PDF, ZIP, ...), never
-    # decoded; None: unrecognised here, left to OpenCV (PNM, JPEG 2000, HDR, ...).
-    is_image: bool | None
-    width: int | None = None
-    height: int | None = None
-    truncated: str | None = None  # why the data looks cut short
-
-
-# Signatures of common files that are certainly not images: refused without decoding.
+# Signatures of common files that are certainly not images.
 _NOT_IMAGES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF document"),
     (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
@@ -37,65 +47,29 @@ _NOT_IMAGES: tuple[tuple[bytes, str], ...] = (
     (b"MZ", "a Windows executable"),
     (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
 )
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 
-def sniff(data: bytes) -> ImageHeader:
-    """Identify the format from the first bytes; read the size for JPEG, PNG, WebP, BMP, GIF, TIFF.
+def image_kind(data: bytes) -> str | None:
+    """The image format the first bytes announce ("JPEG", "PNG", ...), or None."""
+    for magic, offset, kind in _IMAGE_MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return kind
+    return None
 
-    Args:
-        data: the encoded file's bytes (all of them: truncation is judged from the end).
 
-    Returns:
-        The format (or a description of non-image content), the size where the header
-        gives it, and why the data looks cut short, if it does. Never raises: a header cut
-        short is reported through ``truncated``.
-    """
-    try:
-        if data[:3] == b"\xff\xd8\xff":
-            return _jpeg_header(data)
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
-            return _png_header(data)
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            return _webp_header(data)
-        if data[:6] in (b"GIF87a", b"GIF89a"):
-            w, h = struct.unpack_from("<HH", data, 6)
-            return ImageHeader(kind="GIF", is_image=True, width=w, height=h)
-        if data[:2] == b"BM":
-            return _bmp_header(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff_header(data)
-    except struct.error:
-        # The header ends before its size fields: too short to hold an image.
-        return ImageHeader(kind=_image_kind(data), is_image=True, truncated="the header is incomplete")
+def describe_non_image(data: bytes) -> str:
+    """Say what data that no image decoder recognised looks like: "a PDF document", "text (starting '...')"."""
     if data[4:8] == b"ftyp":
         brand = data[8:12]
+        if brand in _HEIF_BRANDS:
+            return "a HEIC/HEIF image, which shelfedge does not decode"
         if brand in (b"avif", b"avis"):
-            return ImageHeader(kind="AVIF", is_image=True)
-        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
-            return ImageHeader(kind="HEIC/HEIF", is_image=True)
-        return ImageHeader(kind="an MP4/QuickTime video", is_image=False)
+            return "an AVIF image, which this Pillow build does not decode"
+        return "an MP4/QuickTime video"
     for magic, kind in _NOT_IMAGES:
         if data.startswith(magic):
-            return ImageHeader(kind=kind, is_image=False)
-    # Anything else (PNM, JPEG 2000, HDR, Sun raster, ...) is left to OpenCV to recognise.
-    return ImageHeader(kind=_describe_unknown(data), is_image=None)
-
-
-def _image_kind(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:4] == b"\x89PNG":
-        return "PNG"
-    if data[:4] == b"RIFF":
-        return "WebP"
-    if data[:3] == b"GIF":
-        return "GIF"
-    if data[:2] == b"BM":
-        return "BMP"
-    return "TIFF"
-
-
-def _describe_unknown(data: bytes) -> str:
+            return kind
     head = data[:512]
     try:
         text = head.decode("utf-8")
@@ -109,88 +83,98 @@ def _describe_unknown(data: bytes) -> str:
     return "unrecognised binary data"
 
 
-# JPEG start-of-frame markers (C4, C8 and CC are DHT, JPG and DAC, not frames).
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PngLayout:
+    """A PNG's chunk structure: its size from IHDR and what is wrong with it, if anything."""
+
+    width: int = 0
+    height: int = 0
+    animated: bool = False  # an acTL chunk: APNG
+    truncated: str | None = None  # why the data looks cut short
+    damaged: str | None = None  # why the data looks corrupt
 
 
-def _jpeg_header(data: bytes) -> ImageHeader:
-    # Walk the marker segments up to the first start-of-scan: the frame header gives the
-    # size, and from there on an FF D9 can only be the end-of-image marker (entropy-coded
-    # data stuffs FF with 00), so a file without one after it is truncated. An EXIF
-    # thumbnail's own FF D9 lies inside APP1, before the scan, and does not count.
-    n = len(data)
-    pos = 2
-    width = height = None
-    while pos < n:
-        if data[pos] != 0xFF:
-            return ImageHeader(kind="JPEG", is_image=True)  # malformed: let the decoder report it
-        while pos < n and data[pos] == 0xFF:  # fill bytes before the marker code
+def png_layout(data: bytes) -> PngLayout:
+    """Walk a PNG's chunks: every length inside the data, every CRC right, IHDR first, IEND last.
+
+    Args:
+        data: the whole file, starting with the PNG signature.
+
+    Returns:
+        The layout; ``truncated`` or ``damaged`` say what is wrong. Never raises.
+    """
+    pos, n = len(PNG_SIGNATURE), len(data)
+    view = memoryview(data)  # CRCs over slices of it copy nothing
+    width = height = 0
+    animated = False
+    first = True
+    while pos + 8 <= n:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        name = kind.decode("latin-1")
+        if end > n:
+            return PngLayout(truncated=f"chunk {name!r} of {length:,} bytes runs past the end of the data")
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
+            return PngLayout(damaged=f"chunk {name!r} at byte {pos:,} fails its CRC check")
+        if first:
+            if kind != b"IHDR" or length != 13:
+                return PngLayout(damaged="the first chunk is not a 13-byte IHDR")
+            width, height = struct.unpack_from(">II", data, pos + 8)
+            first = False
+        animated = animated or kind == b"acTL"
+        if kind == b"IEND":
+            return PngLayout(width=width, height=height, animated=animated)
+        pos = end
+    return PngLayout(truncated="no IEND chunk")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JpegLayout:
+    """What the JPEG marker segments before the first scan tell."""
+
+    single_scan: bool  # one interleaved sequential scan: reduced-scale decoding needs little memory
+    exif: bytes | None  # the APP1 payload starting b"Exif\\0\\0", if any
+    header_cut: bool = False  # the data ends inside a segment before the first scan
+
+
+# Sequential (baseline, extended, arithmetic) frames; every other SOF type is multi-scan by nature.
+_SEQUENTIAL_SOF = frozenset({0xC0, 0xC1, 0xC9})
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4, C8, CC are DHT, JPG and DAC
+
+
+def jpeg_layout(data: bytes) -> JpegLayout:
+    """Walk the marker segments up to the first start-of-scan.
+
+    A sequential frame whose first scan holds all of the frame's components has exactly one
+    scan (each component appears in one scan only). Anything unexpected gives
+    ``single_scan=False``, the cautious answer; the decoder judges the data itself.
+
+    Returns:
+        The layout. Never raises.
+    """
+    pos, n = 2, len(data)
+    exif: bytes | None = None
+    sof: int | None = None
+    components = 0
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
             pos += 1
-        if pos >= n:
-            break
-        marker = data[pos]
-        pos += 1
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers carry no length
             continue
-        if marker == 0xD9:
-            return ImageHeader(kind="JPEG", is_image=True)  # EOI before any scan: the decoder says no
-        if pos + 2 > n:
-            break
-        (length,) = struct.unpack_from(">H", data, pos)
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        segment = data[pos + 4 : pos + 2 + length]
+        if len(segment) != length - 2 and length >= 2:
+            return JpegLayout(single_scan=False, exif=exif, header_cut=True)
         if length < 2:
-            return ImageHeader(kind="JPEG", is_image=True)
-        if marker in _JPEG_SOF and pos + 7 <= n:
-            height, width = struct.unpack_from(">HH", data, pos + 3)
-            height = height or None  # 0: the height comes later in a DNL marker
-        if marker == 0xDA:
-            truncated = None if data.rfind(b"\xff\xd9", pos) != -1 else "no end-of-image marker"
-            return ImageHeader(kind="JPEG", is_image=True, width=width, height=height, truncated=truncated)
-        pos += length
-    truncated = "it ends inside the header"
-    return ImageHeader(kind="JPEG", is_image=True, width=width, height=height, truncated=truncated)
-
-
-def _png_header(data: bytes) -> ImageHeader:
-    width, height = struct.unpack_from(">II", data, 16) if data[12:16] == b"IHDR" else (None, None)
-    # The IEND chunk (empty, fixed CRC) closes every complete PNG.
-    truncated = None if data.rfind(b"IEND\xaeB`\x82") != -1 else "no IEND chunk"
-    return ImageHeader(kind="PNG", is_image=True, width=width, height=height, truncated=truncated)
-
-
-def _webp_header(data: bytes) -> ImageHeader:
-    (riff_size,) = struct.unpack_from("<I", data, 4)
-    truncated = f"{len(data):,} of {riff_size + 8:,} bytes" if len(data) < riff_size + 8 else None
-    chunk = data[12:16]
-    width = height = None
-    if chunk == b"VP8 ":
-        w, h = struct.unpack_from("<HH", data, 26)
-        width, height = w & 0x3FFF, h & 0x3FFF
-    elif chunk == b"VP8L":
-        (bits,) = struct.unpack_from("<I", data, 21)
-        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    elif chunk == b"VP8X":
-        width = int.from_bytes(data[24:27], "little") + 1
-        height = int.from_bytes(data[27:30], "little") + 1
-    return ImageHeader(kind="WebP", is_image=True, width=width, height=height, truncated=truncated)
-
-
-def _bmp_header(data: bytes) -> ImageHeader:
-    (dib_size,) = struct.unpack_from("<I", data, 14)
-    if dib_size == 12:  # OS/2 BITMAPCOREHEADER
-        width, height = struct.unpack_from("<HH", data, 18)
-    else:
-        width, height = struct.unpack_from("<ii", data, 18)
-    return ImageHeader(kind="BMP", is_image=True, width=abs(width), height=abs(height))
-
-
-def _tiff_header(data: bytes) -> ImageHeader:
-    endian = "<" if data[:2] == b"II" else ">"
-    (offset,) = struct.unpack_from(endian + "I", data, 4)
-    (count,) = struct.unpack_from(endian + "H", data, offset)
-    size: dict[int, int] = {}
-    for i in range(count):
-        tag, kind = struct.unpack_from(endian + "HH", data, offset + 2 + 12 * i)
-        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
-            fmt = "H" if kind == 3 else "I"
-            (size[tag],) = struct.unpack_from(endian + fmt, data, offset + 2 + 12 * i + 8)
-    return ImageHeader(kind="TIFF", is_image=True, width=size.get(256), height=size.get(257))
+            break
+        if marker == 0xE1 and exif is None and segment.startswith(b"Exif\x00\x00"):
+            exif = segment
+        elif marker in _SOF and sof is None and len(segment) >= 6:
+            sof, components = marker, segment[5]
+        elif marker == 0xDA:
+            scan_components = segment[0] if segment else 0
+            single = sof in _SEQUENTIAL_SOF and components > 0 and scan_components == components
+            return JpegLayout(single_scan=single, exif=exif)
+        pos += 2 + length
+    return JpegLayout(single_scan=False, exif=exif, header_cut=pos + 4 > n)

@@ -14,21 +14,38 @@ Conventions that decide pixel values, fixed here once:
   server model saw in training;
 - 16-bit samples become ``round(v / 257)`` (65535 -> 255), float samples in [0, 1]
   become ``round(v * 255)``;
-- JPEG EXIF orientation is applied;
+- EXIF orientation is applied (JPEG, and the formats Pillow reads);
 - sizes are rounded half up, centre crops start at ``(resized - size) // 2`` (as Keras'
   ``CenterCrop``), and ``pre.interpolation`` is followed exactly (no automatic switch to
   area interpolation when shrinking: all runtimes must do the same thing).
 
-Two modules, one concern each: :mod:`sdk.preprocess.decode` (sources -> validated RGB
-pixels) and :mod:`sdk.preprocess.transform` (pixels -> the model's input tensor).
+Three modules, one concern each: :mod:`sdk.preprocess.decode` (sources -> validated RGB
+pixels, the limits), :mod:`sdk.preprocess._codecs` (encoded bytes -> pixels, one strict
+decoder per format) and :mod:`sdk.preprocess.transform` (pixels -> the model's input tensor).
+
+Hostile input costs nothing: the file must be a regular file of at most ``max_bytes``; the
+pixel count and aspect ratio come from the header before any pixel buffer exists; decoder
+warnings (corrupt JPEG data, a bad PNG CRC, a truncated file) are errors; and the resize in
+:func:`preprocess` refuses an intermediate image over ``DEFAULT_MAX_PIXELS``.
+
+Thread safety: every function here is safe to call from several threads at once (no
+shared mutable state; the decoders release the GIL).
 """
 
 from __future__ import annotations
 
-from sdk.preprocess.decode import DEFAULT_MAX_PIXELS, ImageSource, decode_image
+from sdk.preprocess.decode import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageSource,
+    decode_image,
+)
 from sdk.preprocess.transform import load_and_preprocess, preprocess, preprocess_batch
 
 __all__ = [
+    "DEFAULT_MAX_ASPECT_RATIO",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "ImageSource",
     "decode_image",

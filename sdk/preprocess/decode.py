@@ -1,36 +1,35 @@
 """Decoding: any image source (path, encoded bytes, camera frame) -> an HxWx3 uint8 RGB array.
 
-Validation lives here too: a file that is missing, not an image, truncated, too large or of
-an unusable pixel type is refused with a message naming it and the fix, before (where the
-header allows) any memory is spent on decoding. See :mod:`sdk.preprocess` for the pixel
-conventions fixed here.
+Validation lives here too: a file that is missing, not a regular file, not an image,
+truncated, damaged, too large or of an unusable pixel type is refused with a message naming
+it and the fix, before any memory is spent on decoding: the byte count from the file
+system, the pixel count and aspect ratio from the header (:mod:`sdk.preprocess._codecs`).
+Arrays are held to the same pixel and aspect-ratio caps. See :mod:`sdk.preprocess` for the
+pixel conventions fixed here.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 import cv2
 import numpy as np
 
-from sdk._image_headers import ImageHeader, sniff
 from sdk.enums import ColorOrder
 from sdk.errors import ConfigError, InputError
+from sdk.preprocess._codecs import Limits, check_size, decode_encoded, to_uint8
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "decode_image"]
+__all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "ImageSource", "decode_image"]
 
 ImageSource = str | os.PathLike | bytes | np.ndarray
 
 DEFAULT_MAX_PIXELS = 50_000_000
-
-# OpenCV >= 4.11 decodes straight to RGB, saving a colour conversion per image.
-_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
-# JPEG shrink factors libjpeg applies while decoding (the DCT is scaled: little memory).
-_JPEG_REDUCED = (
-    (2, cv2.IMREAD_REDUCED_COLOR_2),
-    (4, cv2.IMREAD_REDUCED_COLOR_4),
-    (8, cv2.IMREAD_REDUCED_COLOR_8),
-)
+# A 50 Mpx camera JPEG is ~25 MB; a file far larger is not a photo to classify.
+DEFAULT_MAX_BYTES = 64 * 2**20
+# A product or shelf photo is never a strip: 1x65000 would be resized to 256x16.6M pixels.
+DEFAULT_MAX_ASPECT_RATIO = 20.0
 
 
 def decode_image(
@@ -38,40 +37,56 @@ def decode_image(
     *,
     array_color: ColorOrder = ColorOrder.BGR,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
 ) -> np.ndarray:
-    """Decode an image into an HxWx3 uint8 RGB array.
+    """Decode an image into an HxWx3 uint8 RGB array, refusing hostile input before it costs memory.
 
     Args:
-        source: a file path, encoded bytes (JPEG, PNG, WebP, BMP, TIFF, GIF, AVIF, ... as
-            OpenCV reads them), or an HxW / HxWxC array (C = 1, 3 or 4) of uint8, uint16 or
-            float in [0, 1].
+        source: a path to a regular file, encoded bytes (JPEG, PNG, WebP, BMP, TIFF, GIF,
+            PNM, AVIF), or an HxW / HxWxC array (C = 1, 3 or 4) of uint8, uint16 or float
+            in [0, 1].
         array_color: channel order of a 3- or 4-channel array: BGR(A), OpenCV's and most
             cameras' order, or RGB(A). Ignored for paths and bytes.
-        max_pixels: the most pixels an encoded image may decode to. A larger JPEG is
-            decoded at 1/2, 1/4 or 1/8 scale (libjpeg scales while decoding); any other
-            larger image is refused before it is decoded when its header tells its size.
-            Arrays are already decoded and are not limited.
+        max_pixels: the most pixels an image may have. A larger single-scan JPEG is decoded
+            at 1/2, 1/4 or 1/8 scale (libjpeg scales inside the DCT); any other larger image
+            or array is refused, an encoded one from its header before it is decoded.
+        max_bytes: the largest file or byte string read; a larger file is refused unread.
+        max_aspect_ratio: the most the long side may exceed the short side, as a factor.
 
     Returns:
         A C-contiguous HxWx3 uint8 RGB array. For an RGB uint8 array input it may be the
         input itself (no copy); treat it as read-only.
 
     Raises:
-        InputError: the file is missing or unreadable, the data is empty, not an image,
-            truncated, corrupt or too large; the array has a bad shape, dtype or range.
-        ConfigError: ``array_color`` or ``max_pixels`` is invalid.
+        InputError: the file is missing, unreadable or not a regular file (a FIFO, device or
+            directory); the data is empty, not an image, of an unsupported format, truncated
+            or damaged (any decoder warning counts); the image is over a limit; the array has
+            a bad shape, dtype or range.
+        ConfigError: ``array_color`` or a limit is invalid.
     """
     color = _parse_color(array_color)
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    for name, value in (("max_pixels", max_pixels), ("max_bytes", max_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if (
+        isinstance(max_aspect_ratio, bool)
+        or not isinstance(max_aspect_ratio, (int, float))
+        or not max_aspect_ratio >= 1
+    ):
+        raise ConfigError(f"max_aspect_ratio must be a number >= 1, got {max_aspect_ratio!r}")
+    limits = Limits(max_pixels=max_pixels, max_aspect_ratio=float(max_aspect_ratio))
     if isinstance(source, np.ndarray):
-        return _from_array(source, color)
+        return _from_array(source, color, limits)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source) if not isinstance(source, bytes) else source
-        return _from_encoded(data, f"image data ({len(data):,} bytes)", max_pixels)
+        where = f"image data ({len(data):,} bytes)"
+        if len(data) > max_bytes:
+            raise InputError(_too_many_bytes(where, len(data), max_bytes))
+        return _from_encoded(data, where, limits)
     if isinstance(source, (str, os.PathLike)):
         path = os.fsdecode(source)
-        return _from_encoded(_read_file(path), path, max_pixels)
+        return _from_encoded(_read_file(path, max_bytes), path, limits)
     raise InputError(
         f"cannot read an image from a {type(source).__name__}; pass a file path, encoded image bytes or a numpy array"
     )
@@ -84,97 +99,68 @@ def _parse_color(value: ColorOrder | str) -> ColorOrder:
         raise ConfigError(str(e)) from e
 
 
-def _read_file(path: str) -> bytes:
-    # Reading the bytes ourselves (not cv2.imread) gives clear errors, handles non-ASCII
-    # paths on every OS, and lets the header be checked before anything is decoded.
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: no such image file; check the path") from e
-    except IsADirectoryError as e:
-        raise InputError(f"{path}: is a directory, not an image file; pass the path of one image") from e
-    except OSError as e:
-        if os.path.isdir(path):  # Windows reports a directory as PermissionError
-            raise InputError(f"{path}: is a directory, not an image file; pass the path of one image") from e
-        raise InputError(f"{path}: cannot read the image file ({e.strerror or e}); check its permissions") from e
-
-
-def _from_encoded(data: bytes, where: str, max_pixels: int) -> np.ndarray:
-    if not data:
-        raise InputError(f"{where}: empty (0 bytes), no image in it; check the upload, download or file")
-    header = sniff(data)
-    if header.is_image is False:
-        raise InputError(_not_an_image(where, header.kind))
-    if header.truncated:
-        raise InputError(
-            f"{where}: truncated {header.kind} ({header.truncated}); the file was cut short, "
-            "e.g. by an interrupted download or copy: fetch or export it again"
-        )
-    flags = None  # full-size decode
-    if header.width and header.height and header.width * header.height > max_pixels:
-        flags = _reduced_flags_or_refuse(header, where, max_pixels)
-    buffer = np.frombuffer(data, np.uint8)
-    try:
-        if flags is not None:
-            image = cv2.imdecode(buffer, flags)
-            if image is not None:
-                cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: the image may be large
-        elif _IMREAD_RGB is not None:
-            image = cv2.imdecode(buffer, _IMREAD_RGB | cv2.IMREAD_ANYDEPTH)
-        else:
-            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-            if image is not None:
-                cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
-    except cv2.error as e:
-        raise InputError(f"{where}: OpenCV cannot decode this {header.kind} data: {e}") from e
-    if image is None and flags is not None:
-        raise InputError(
-            f"{where}: cannot decode this {header.width}x{header.height} {header.kind} image even at "
-            "reduced scale: it is corrupt, or beyond OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); "
-            "downscale the image first"
-        )
-    if image is None:
-        if header.is_image is None:
-            raise InputError(_not_an_image(where, header.kind))
-        raise InputError(
-            f"{where}: cannot decode this {header.kind} image: it is corrupt or a variant this OpenCV "
-            "build does not read; re-save it as JPEG or PNG"
-        )
-    if image.ndim != 3 or image.shape[2] != 3:  # defensive: the flags above ask for 3 channels
-        raise InputError(f"{where}: decoded to an unexpected shape {image.shape}; re-save it as JPEG or PNG")
-    height, width = image.shape[:2]
-    if flags is None and height * width > max_pixels:
-        # Only formats whose header we cannot read get here; refusing keeps the promise
-        # that no decoded image exceeds max_pixels.
-        raise InputError(_too_large(where, header.kind, width, height, max_pixels))
-    return _to_uint8(image, where)
-
-
-def _reduced_flags_or_refuse(header: ImageHeader, where: str, max_pixels: int) -> int:
-    assert header.width and header.height
-    if header.kind == "JPEG":
-        for factor, flags in _JPEG_REDUCED:
-            if -(-header.width // factor) * -(-header.height // factor) <= max_pixels:
-                return flags
-        detail = ", even decoded at 1/8 scale"
-        raise InputError(_too_large(where, header.kind, header.width, header.height, max_pixels, detail))
-    raise InputError(_too_large(where, header.kind, header.width, header.height, max_pixels))
-
-
-def _too_large(where: str, kind: str, width: int, height: int, max_pixels: int, detail: str = "") -> str:
+def _too_many_bytes(where: str, size: int, max_bytes: int) -> str:
     return (
-        f"{where}: the {kind} image is {width}x{height} ({width * height:,} pixels), more than "
-        f"max_pixels={max_pixels:,}{detail}; downscale the image first (or raise max_pixels if "
-        "the source is trusted and memory allows)"
+        f"{where}: {size:,} bytes, more than max_bytes={max_bytes:,}; a photo to classify is far smaller: "
+        "downscale or re-compress it (or raise max_bytes if the source is trusted)"
     )
 
 
-def _not_an_image(where: str, kind: str) -> str:
-    return f"{where}: not an image, it looks like {kind}; pass a JPEG, PNG, WebP, BMP or TIFF image"
+def _read_file(path: str, max_bytes: int) -> bytes:
+    # os.open with O_NONBLOCK: opening a FIFO must not wait for a writer. Only a regular
+    # file is read (a FIFO, /dev/zero or a socket could block or never end), never more
+    # than max_bytes + 1 bytes, and the header is checked before anything is decoded.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such image file; check the path") from e
+    except OSError as e:
+        if os.path.isdir(path):  # Windows reports a directory as PermissionError
+            raise InputError(f"{path}: is a directory, not an image file; pass the path of one image") from e
+        raise InputError(f"{path}: cannot open the image file ({e.strerror or e}); check its permissions") from e
+    try:
+        info = os.fstat(fd)
+        mode = info.st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{path}: is a directory, not an image file; pass the path of one image")
+        if not stat.S_ISREG(mode):
+            raise InputError(
+                f"{path}: not a regular file (a {_file_type(mode)}); save the image to a file and pass that path"
+            )
+        if info.st_size > max_bytes:
+            raise InputError(_too_many_bytes(path, info.st_size, max_bytes))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise InputError(f"{path}: is a directory, not an image file; pass the path of one image") from e
+        raise InputError(f"{path}: cannot read the image file ({e.strerror or e}); check its permissions") from e
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew while being read
+        raise InputError(_too_many_bytes(path, len(data), max_bytes))
+    return data
 
 
-def _from_array(array: np.ndarray, color: ColorOrder) -> np.ndarray:
+def _file_type(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO/pipe"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    for test, name in (*kinds, (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _from_encoded(data: bytes, where: str, limits: Limits) -> np.ndarray:
+    if not data:
+        raise InputError(f"{where}: empty (0 bytes), no image in it; check the upload, download or file")
+    image = decode_encoded(data, where, limits)
+    if image.ndim != 3 or image.shape[2] != 3:  # defensive: every decoder above gives 3 channels
+        raise InputError(f"{where}: decoded to an unexpected shape {image.shape}; re-save it as JPEG or PNG")
+    return to_uint8(image, where)
+
+
+def _from_array(array: np.ndarray, color: ColorOrder, limits: Limits) -> np.ndarray:
     where = "image array"
     if array.dtype == np.bool_:
         raise InputError(f"{where}: dtype bool is a mask, not an image; pass uint8 pixels (0..255)")
@@ -188,7 +174,8 @@ def _from_array(array: np.ndarray, color: ColorOrder) -> np.ndarray:
         raise InputError(f"{where}: shape {array.shape} is not an image; pass HxW, HxWx1, HxWx3 or HxWx4{hint}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{where}: shape {array.shape} has no pixels; pass a non-empty image")
-    image = _to_uint8(array, where)
+    check_size(array.shape[1], array.shape[0], where, "decoded", limits)
+    image = to_uint8(array, where)
     channels = 1 if image.ndim == 2 else image.shape[2]
     if channels == 1:
         return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
@@ -198,26 +185,3 @@ def _from_array(array: np.ndarray, color: ColorOrder) -> np.ndarray:
     if color is ColorOrder.BGR:
         return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(image)
-
-
-def _to_uint8(image: np.ndarray, where: str) -> np.ndarray:
-    """uint8 as is; uint16 -> round(v / 257); float in [0, 1] -> round(v * 255)."""
-    dtype = image.dtype
-    if dtype == np.uint8:
-        return image
-    if dtype == np.uint16:
-        # convertScaleAbs rounds to nearest; v / 257 is never a tie for an integer v.
-        return cv2.convertScaleAbs(np.ascontiguousarray(image), alpha=1.0 / 257.0)
-    if dtype.kind == "f":
-        if image.dtype not in (np.float32, np.float64):
-            image = image.astype(np.float32)
-        low, high = float(image.min()), float(image.max())
-        if not (low >= 0.0 and high <= 1.0):  # also catches NaN
-            raise InputError(
-                f"{where}: float pixels must be in [0, 1], these span [{low:g}, {high:g}]; "
-                "scale them to [0, 1] or convert to uint8 (0..255) first"
-            )
-        return cv2.convertScaleAbs(np.ascontiguousarray(image), alpha=255.0)
-    raise InputError(
-        f"{where}: dtype {dtype} is not a supported pixel type; pass uint8 (0..255), uint16 or float in [0, 1]"
-    )

@@ -14,7 +14,7 @@ import pytest
 from sdk import preprocess as pp
 from sdk.enums import ColorOrder
 from sdk.errors import InputError
-from sdk.preprocess import decode as pp_decode
+from sdk.preprocess import _codecs as pp_codecs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,9 +68,10 @@ def test_decode_image_succeeds_with_bytes_after_jpeg_end(jpeg_file: Path) -> Non
 def test_decode_image_succeeds_without_opencv_rgb_decoding(
     monkeypatch: pytest.MonkeyPatch, jpeg_file: Path, png_file: Path
 ) -> None:
-    # OpenCV < 4.11 has no IMREAD_COLOR_RGB: decoding BGR and converting gives the same pixels.
+    # OpenCV < 4.11 has no IMREAD_COLOR_RGB: decoding BGR and converting gives the same pixels
+    # (PNG goes through OpenCV; JPEG through simplejpeg, unaffected).
     expected = [pp.decode_image(jpeg_file), pp.decode_image(png_file)]
-    monkeypatch.setattr(pp_decode, "_IMREAD_RGB", None)
+    monkeypatch.setattr(pp_codecs, "_IMREAD_RGB", None)
     for path, pixels in zip((jpeg_file, png_file), expected, strict=True):
         np.testing.assert_array_equal(pp.decode_image(path), pixels)
 
