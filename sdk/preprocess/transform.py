@@ -138,7 +138,8 @@ def preprocess(image_rgb: np.ndarray, pre: Preprocessing, spec: TensorSpec) -> n
         An array of ``spec``'s dtype and layout, batch 1.
 
     Raises:
-        InputError: ``image_rgb`` is not a non-empty HxWx3 uint8 array.
+        InputError: ``image_rgb`` is not a non-empty HxWx3 uint8 array, or its resize before
+            the centre crop would exceed ``DEFAULT_MAX_PIXELS`` (an extreme aspect ratio).
         ConfigError: ``spec`` and ``pre`` do not describe a feedable image input.
     """
     plan = _plan(pre, spec)
@@ -251,6 +252,12 @@ def _resize_and_crop(image: np.ndarray, plan: _Plan) -> np.ndarray:
         nh, nw = sh, _round_half_up(w * sh / h)
     else:
         nh, nw = _round_half_up(h * sw / w), sw
+    if nh * nw > DEFAULT_MAX_PIXELS:
+        # Scaling the short side of a strip (1x65000 -> 256x16.6M) would allocate gigabytes.
+        raise InputError(
+            f"a {w}x{h} image would be resized to {nw}x{nh} ({nh * nw:,} pixels, more than "
+            f"{DEFAULT_MAX_PIXELS:,}) before the centre crop; crop it to the product first"
+        )
     resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=plan.interpolation)
     top, left = (nh - th) // 2, (nw - tw) // 2
     return resized[top : top + th, left : left + tw]
