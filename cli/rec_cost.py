@@ -8,6 +8,7 @@ tables of each size (``sdk/qa/rec_cost.py``); bundles, tables and indexes go und
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,6 +32,7 @@ from sdk.qa.rec_cost import (
     random_histories,
     synthetic_catalogue,
     synthetic_items,
+    table_fingerprint,
     time_cost,
     user_vectors,
     with_items,
@@ -60,40 +62,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--histories", type=int, default=200, help="distinct seeded histories (default 200)")
     parser.add_argument("-k", type=int, default=10, help="items per call (default 10)")
     parser.add_argument("--threads", type=int, default=1, help="runtime threads (default 1: one shopper per core)")
+    parser.add_argument(
+        "--blas-threads", type=int, help="limit numpy's BLAS threads while timing (default: numpy's own setting)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="tables, histories, k-means (default 0)")
     parser.add_argument("--out", default="out/rec-cost", help="output directory (default out/rec-cost)")
     parser.epilog = "example: shelfedge rec-cost --sizes 1000,10000,100000 --calls 200 --in-graph"
 
 
 def run(args: argparse.Namespace) -> int:
-    sizes, ivf_sizes = _sizes(args.sizes, "--sizes"), _sizes(args.ivf_sizes, "--ivf-sizes")
-    graph_sizes = _sizes(args.in_graph_sizes, "--in-graph-sizes") if args.in_graph else []
-    n_probes = _sizes(args.n_probe, "--n-probe")
+    for text, flag in ((args.sizes, "--sizes"), (args.ivf_sizes, "--ivf-sizes"), (args.n_probe, "--n-probe"),
+                       (args.in_graph_sizes, "--in-graph-sizes")):  # fmt: skip
+        _sizes(text, flag)  # refused before any work
     if min(args.calls, args.calls_per_block, args.histories, args.k) < 1:
         raise ConfigError("rec-cost: --calls, --calls-per-block, --histories and -k must be >= 1")
     out = Path(args.out)
     load_before = os.getloadavg()
-    host = host_info()
-    log(f"[rec-cost] {host['cpu']}, {host['logical_cores']} logical cores, load average {load_before[0]:.2f}")
+    host = {**host_info(), "cpu_detail": report.cpu_detail()}
+    host["machine"] = f"{host['cpu']} ({host['cpu_detail']}), {host['logical_cores']} logical cores"
+    log(f"[rec-cost] {host['machine']}, load average {load_before[0]:.2f}")
     if load_before[0] > 0.75 * (os.cpu_count() or 1):
         log("[rec-cost] the machine is busy: latency figures will be noisy (re-run when `uptime` is low)")
     encoders, keras_encoder, template, description = _encoders(args, out)
     spec = next(iter(encoders.values())).manifest.recommendation
     assert spec is not None  # _encoders checked it
-    users_model = load(next(iter(encoders.values())), threads=args.threads)
-    payload: dict[str, Any] = {"host": host, "encoder": description, "threads": args.threads, "k": args.k,
-                               "blas": _blas(), "cost": [], "ivf": [], "ivf_index": [], "in_graph": []}  # fmt: skip
+    payload: dict[str, Any] = {"host": host, "encoder": description, "threads": args.threads, "k": args.k}
+    with _blas_limit(args.blas_threads):
+        payload["blas"] = report.blas_pools()
+        cost, ivf, topk, payload["ivf_index"] = _measure(encoders, keras_encoder, template, args, out)
+    payload["load_average"] = {"before": [round(x, 2) for x in load_before],
+                               "after": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    _write(payload, cost, ivf, topk, out, args)
+    return 0
+
+
+def _measure(
+    encoders: dict[ModelFormat, Bundle], keras_encoder: Any, template: Any, args: argparse.Namespace, out: Path
+) -> tuple[list[CostRow], list[IvfRow], list[TopkRow], list[dict[str, Any]]]:
+    """Every catalogue size asked for: its table and bundles, then each measurement that wants it."""
+    sizes, ivf_sizes = _sizes(args.sizes, "--sizes"), _sizes(args.ivf_sizes, "--ivf-sizes")
+    graph_sizes = _sizes(args.in_graph_sizes, "--in-graph-sizes") if args.in_graph else []
+    spec = next(iter(encoders.values())).manifest.recommendation
+    assert spec is not None  # _encoders checked it
     cost: list[CostRow] = []
     ivf: list[IvfRow] = []
     topk: list[TopkRow] = []
-    try:
+    facts: list[dict[str, Any]] = []
+    with load(next(iter(encoders.values())), threads=args.threads) as users_model:
         for n_items in sorted({*sizes, *ivf_sizes, *graph_sizes}):
             table, bias = synthetic_items(n_items, spec.dim, seed=args.seed + n_items, like=template)
             table = quantized(table)  # what the bundle stores and the recommender scores
             histories = random_histories(min(spec.n_items, n_items), spec.max_len, args.histories, seed=args.seed)
             if n_items in sizes or n_items in graph_sizes:
-                bundles = _bundles(encoders, table, bias, out, n_items)
-                recommenders = _open(bundles, args.threads)
+                recommenders = _open(_bundles(encoders, table, bias, out, n_items), args.threads)
                 try:
                     if n_items in sizes:
                         cost += _time_cost(recommenders, histories, args)
@@ -103,17 +124,12 @@ def run(args: argparse.Namespace) -> int:
                     for recommender in recommenders.values():
                         recommender.close()
             if n_items in ivf_sizes:
-                rows, facts = _ivf(users_model, spec.max_len, table, bias, histories, n_probes, out, args)
+                rows, built = _ivf(
+                    users_model, spec.max_len, table, bias, histories, _sizes(args.n_probe, "--n-probe"), out, args
+                )
                 ivf += rows
-                payload["ivf_index"].append({"n_items": n_items, **facts})
-    finally:
-        users_model.close()
-    payload["load_average"] = {
-        "before": [round(x, 2) for x in load_before],
-        "after": [round(x, 2) for x in os.getloadavg()],
-    }
-    _write(payload, cost, ivf, topk, out, args)
-    return 0
+                facts.append({"n_items": n_items, **built})
+    return cost, ivf, topk, facts
 
 
 def _sizes(text: str, flag: str) -> list[int]:
@@ -255,7 +271,7 @@ def _time_graph(
 ) -> list[TopkRow]:
     """Export (or reuse) the scoring bundles for this table and time them against numpy recommend()."""
     n = len(table)
-    fingerprint = _fingerprint(table, bias)
+    fingerprint = table_fingerprint(table, bias)
     split = _scoring(table, bias, None, out / "scoring", f"score-n{n}-k{args.k}-{fingerprint}", args.k)
     fused = None
     if keras_encoder is not None and n <= FUSED_MAX_ITEMS:
@@ -298,14 +314,6 @@ def _scoring(table: np.ndarray, bias: np.ndarray, encoder: Any, directory: Path,
     )  # fmt: skip
 
 
-def _fingerprint(table: np.ndarray, bias: np.ndarray) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(np.ascontiguousarray(table).tobytes())
-    digest.update(np.ascontiguousarray(bias, np.float32).tobytes())
-    return digest.hexdigest()[:10]
-
-
 def _ivf(
     model: Any,
     max_len: int,
@@ -330,12 +338,14 @@ def _ivf(
     return rows, facts
 
 
-def _blas() -> list[dict[str, Any]] | str:
+def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager[Any]:
+    if threads is None:
+        return contextlib.nullcontext()
     try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown (threadpoolctl not installed)"
-    return [{"api": i.get("internal_api"), "threads": i.get("num_threads")} for i in threadpool_info()]
+        from threadpoolctl import threadpool_limits
+    except ImportError as e:
+        raise ConfigError("rec-cost: --blas-threads needs threadpoolctl: pip install threadpoolctl") from e
+    return threadpool_limits(limits=threads, user_api="blas")  # the runtimes keep their own pools
 
 
 def _write(
@@ -343,7 +353,7 @@ def _write(
 ) -> None:
     limits = report.budgets()
     host = payload["host"]
-    where = f"{host['cpu']}, {host['logical_cores']} logical cores, runtime threads {args.threads}"
+    where = f"{host['machine']}, runtime threads {args.threads}"
     verdicts = report.crossings(cost, limits) if cost else []
     payload.update(
         cost=[r.to_dict() for r in cost],
@@ -354,7 +364,10 @@ def _write(
         budgets={str(k): v for k, v in limits.items()},
     )
     out.mkdir(parents=True, exist_ok=True)
-    sections = [f"# recommend() cost vs catalogue size\n\nMeasured on {where}; load average {payload['load_average']}."]
+    sections = [
+        f"# recommend() cost vs catalogue size\n\nMeasured on {where}; numpy BLAS {payload['blas']}; load average "
+        f"{payload['load_average']} (a shared machine: other jobs ran too)."
+    ]
     if cost:
         sections += [report.cost_markdown(cost), "Where brute force stops fitting (p99, this machine):",
                      "\n".join(f"- {v}" for v in verdicts)]  # fmt: skip

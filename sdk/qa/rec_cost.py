@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import os
 import shutil
@@ -47,6 +48,7 @@ __all__ = [
     "random_histories",
     "synthetic_catalogue",
     "synthetic_items",
+    "table_fingerprint",
     "time_cost",
     "user_vectors",
     "with_items",
@@ -374,3 +376,10 @@ def _best(scores: np.ndarray, k: int) -> np.ndarray:
 def _cycle(call: Callable[[Any], object], arguments: Sequence[Any]) -> Callable[[], object]:
     items = itertools.cycle(arguments)
     return lambda: call(next(items))
+
+
+def table_fingerprint(table: np.ndarray, bias: np.ndarray) -> str:
+    """A short sha256 of a float table and its bias: names the scoring bundles built from them."""
+    digest = hashlib.sha256(np.ascontiguousarray(table).tobytes())
+    digest.update(np.ascontiguousarray(bias, np.float32).tobytes())
+    return digest.hexdigest()[:10]

@@ -20,7 +20,17 @@ from sdk.qa.rec_topk import TopkRow
 # The house style of the report plots: the same figure setup, palette and saving (report_plots.py).
 from sdk.qa.report_plots import _COLOURS, _figure, _save
 
-__all__ = ["budgets", "cost_markdown", "cost_plot", "crossings", "faster_paths", "ivf_markdown", "topk_markdown"]
+__all__ = [
+    "blas_pools",
+    "budgets",
+    "cost_markdown",
+    "cost_plot",
+    "cpu_detail",
+    "crossings",
+    "faster_paths",
+    "ivf_markdown",
+    "topk_markdown",
+]
 
 
 def budgets(profiles: Sequence[HardwareProfile] | None = None) -> dict[float, list[str]]:
@@ -170,3 +180,30 @@ def cost_plot(
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.93))
     return _save(figure, path)
+
+
+def cpu_detail() -> str:
+    """Family/model and the vector extensions that decide GEMV speed, from /proc/cpuinfo (Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "details unknown"
+    flags = set(fields.get("flags", "").split())
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    where = ", virtual machine" if "hypervisor" in flags else ""
+    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+    return f"family {family} model {model}, {' '.join(isa) or 'no AVX2'}{where}"
+
+
+def blas_pools() -> str:
+    """The thread pools numpy's matrix products may use (threadpoolctl, when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    pools = sorted({f"{i.get('internal_api')} {i.get('num_threads')} threads" for i in threadpool_info()})
+    return ", ".join(pools) or "none loaded"

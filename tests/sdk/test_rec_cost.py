@@ -143,12 +143,13 @@ def test_rec_cost_cli_succeeds_with_json_table_plot_and_verdicts(encoder_bundle,
     pytest.importorskip("matplotlib")
     argv = ["rec-cost", "--bundles", str(encoder_bundle.path), "--sizes", "200,400", "--ivf-sizes", "400",
             "--n-probe", "1,20", "--calls", "4", "--calls-per-block", "2", "--histories", "5", "--out", str(tmp_path),
-            "--json"]  # fmt: skip
+            "--blas-threads", "1", "--json"]  # fmt: skip
     assert main(argv) == 0
     payload = json.loads(capsys.readouterr().out)
     assert [(r["n_items"], r["runtime"]) for r in payload["cost"]] == [(200, "onnxruntime"), (400, "onnxruntime")]
     assert [r["n_probe"] for r in payload["ivf"]] == [None, 1, 20] and payload["ivf"][2]["recall"] == 1.0
     assert payload["host"]["cpu"] and any("android-arm64" in s for s in payload["crossings"])
+    assert "openblas 1 threads" in payload["blas"] or "threadpoolctl" in payload["blas"]
     assert (tmp_path / "rec_cost.png").stat().st_size > 0 and "| 400 | onnxruntime" in (
         tmp_path / "rec_cost.md"
     ).read_text()
