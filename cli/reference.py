@@ -89,8 +89,8 @@ def _run_recommendations(args: argparse.Namespace) -> int:
         args,
         payload,
         lambda: (
-            f"reference: {ref.path} ({ref.cases}, {ref.dataset.n_items:,} items): {info['model_kind']} "
-            f"{info['model_name']} ran on {info['runtime']} {info['device']}: {info['note']}"
+            f"reference: {ref.path} ({ref.cases}, {ref.dataset.n_items:,} items): {info['model_name']} "
+            f"({info['model_kind']}) ran on {info['runtime']} {info['device']}: {info['note']}"
         ),
     )
     return 0

@@ -5,12 +5,13 @@ Each bundle is opened with :class:`sdk.recommender.Recommender` on each runtime 
 the catalogue and, for the same window, the encoder inputs too) and judged per
 :mod:`sdk.qa.rec_parity_metrics`:
 
-- the task tier (overlap@10, NDCG@10 vs the reference's ranking, held-out NDCG@10 ratio) always;
-- the tensor tier on the score vectors only when the reference ran the same model (same lineage
-  root or the same item table), otherwise it is reported as "different model: not judged" — and so
-  is the whole row, because a profile's tolerances bound one model's drift across runtimes and
-  precisions, not how closely a student ranks like its teacher (that row reports overlap and the
-  NDCG ratio for the reader).
+- the task tier (overlap@10, NDCG@10 vs the reference's ranking, held-out NDCG@10 ratio) and the
+  tensor tier on the score vectors (abs differences, cosine) when the reference ran the same model
+  (same lineage root, or the same item table within its quantization step);
+- against another model (the teacher) nothing is judged: the row reports overlap@10, NDCG@10 vs the
+  teacher's ranking and the held-out NDCG@10 ratio as "different model: not judged", because a
+  profile's tolerances bound one model's drift across runtimes and precisions, not how closely a
+  student ranks like its teacher.
 
 Tolerances are the profile's (``profile``), else the generic profile of each runtime
 (:data:`sdk.qa.parity_run.DEFAULT_TOLERANCE_PROFILE`), for the bundle's effective precision: the
@@ -221,9 +222,14 @@ def _judge(
     }
     precision = effective_precision(ran.precision, bundle.manifest.precision, spec.table_precision)
     judge = tolerance_profile(runtime, context.profile)
-    checks, skipped = rec_checks(metrics, judge.tolerance(precision), judge_tensor=same)
-    if same and not checks:
-        note += f"; {judge.id} sets no recommendation tolerances for {precision.value}"
+    if same:
+        checks, skipped = rec_checks(metrics, judge.tolerance(precision))
+        if not checks:
+            note += f"; {judge.id} sets no recommendation tolerances for {precision.value}"
+    else:
+        # A profile's tolerances bound one model's drift across runtimes and precisions; a student
+        # against its teacher is a distillation question: reported, not judged.
+        checks, skipped = [], ["every tolerance: the reference is another model"]
     return RecParityResult(
         bundle=str(bundle.path),
         runtime=runtime,

@@ -160,16 +160,13 @@ def same_model(reference: RecReference, source_sha256: str, items: ItemTable) ->
     return False, "different model (e.g. the teacher): not judged"
 
 
-def rec_checks(
-    metrics: Mapping[str, Any], tolerance: ParityTolerance, *, judge_tensor: bool
-) -> tuple[list[Check], list[str]]:
+def rec_checks(metrics: Mapping[str, Any], tolerance: ParityTolerance) -> tuple[list[Check], list[str]]:
     """The checks of the tolerances that apply to a recommender (``TASK_FIELDS["recommendation"]``).
 
-    A NaN or unmeasured metric fails. The score-vector tiers (tensor, cosine) are left out when
-    ``judge_tensor`` is False: against another model (the teacher) they compare other scales.
+    A NaN or unmeasured metric fails.
 
     Returns:
-        (checks, the set tolerances not checked and why).
+        (checks, the tolerances set but not checked, and why).
     """
     applies = TASK_FIELDS["recommendation"]
     skipped = [
@@ -177,8 +174,4 @@ def rec_checks(
         for f in dataclasses.fields(tolerance)
         if getattr(tolerance, f.name) is not None and f.name not in applies
     ]
-    checks = evaluate(metrics, tolerance, task="recommendation")
-    if not judge_tensor:
-        skipped += [f"{c.metric}: different model" for c in checks if c.tier != "task"]
-        checks = [c for c in checks if c.tier == "task"]
-    return checks, skipped
+    return evaluate(metrics, tolerance, task="recommendation"), skipped
