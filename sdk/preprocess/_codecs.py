@@ -242,7 +242,9 @@ def _decode_pillow(data: bytes, where: str, limits: Limits) -> np.ndarray:
         # (Pillow warns past 89 Mpx, raises past 179 Mpx; max_pixels is checked right after.)
         image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
     except Image.DecompressionBombError as e:
-        raise InputError(f"{where}: {e}; downscale the image first") from e
+        raise InputError(
+            f"{where}: the {kind or 'image'} is over Pillow's decompression-bomb limit ({e}); downscale the image first"
+        ) from e
     except UnidentifiedImageError as e:
         if kind is None:
             raise InputError(
@@ -250,6 +252,8 @@ def _decode_pillow(data: bytes, where: str, limits: Limits) -> np.ndarray:
                 "pass a JPEG, PNG, WebP, BMP, TIFF or GIF image"
             ) from e
         raise damaged(where, kind, "its header cannot be read") from e
+    except _PILLOW_DATA_ERRORS as e:
+        raise damaged(where, kind or "image", str(e) or type(e).__name__) from e
     kind = image.format or kind or "image"
     with image:
         check_size(image.width, image.height, where, kind, limits)
