@@ -71,9 +71,8 @@ REFUSED: dict[str, str] = {
     "targa.tga": NOT_IMAGE.format("unrecognised binary data"),
 }
 # Decoded samples: (height, width) of the RGB result. Pixels are checked in the tests below.
-DECODED: dict[str, tuple[int, int]] = {
-    name: (48, 64)
-    for name in (
+DECODED: dict[str, tuple[int, int]] = dict.fromkeys(
+    (
         "grayscale.jpg",
         "cmyk.jpg",
         "progressive.jpg",
@@ -88,8 +87,9 @@ DECODED: dict[str, tuple[int, int]] = {
         "photo.bmp",
         "photo.tif",
         "photo.ppm",
-    )
-} | {"exif_orientation_6.jpg": (64, 48)}
+    ),
+    (48, 64),
+) | {"exif_orientation_6.jpg": (64, 48)}
 
 
 def _photo() -> np.ndarray:
