@@ -1,4 +1,10 @@
-"""``shelfedge convert``: a model + hardware profile(s) -> the best bundle within the accuracy budget."""
+"""``shelfedge convert``: a model + hardware profile(s) -> the best bundle within the accuracy budget.
+
+Image classifiers (a Keras bundle, or a student to distil first) go through
+``converters.convert.pipeline``; a recommendation student directory (``shelfedge rec-distill``'s
+``student/``) or a Keras recommendation bundle, with ``--dataset``, goes through
+``converters.convert.rec_pipeline`` (budget: validation NDCG@10 points).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ from pathlib import Path
 from cli import data_dir, emit, log
 from cli._common import DATA_HELP
 from sdk.errors import ConfigError
-from sdk.profiles import load_profile
+from sdk.profiles import HardwareProfile, load_profile
 from sdk.qa.tables import markdown_table
+from sdk.rec_datasets import NAMED, open_rec_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="a Keras reference bundle directory (e.g. the teacher's), or the student "
         "architecture to distil with --distill-from (efficientnet_lite0, or "
-        "efficientnet_lite0@160 for a 160-pixel student)",
+        "efficientnet_lite0@160 for a 160-pixel student); or a recommendation student directory "
+        "(out/rec-distill/<dataset>/student-kd/student) or Keras recommendation bundle, with --dataset",
     )
     parser.add_argument("--profile", required=True, help="hardware profile id(s), comma-separated")
     parser.add_argument("--data", help=DATA_HELP)
@@ -26,7 +34,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-from", metavar="TEACHER", help="teacher bundle: first distil a smaller student from it (cached)"
     )
-    parser.add_argument("--budget", type=float, help="allowed val top-1 drop in points (default: the profile's)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="allowed val top-1 drop in points (recommendations: val NDCG@10 x 100) (default: the profile's)",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="recommendations: the dataset the student was trained on (baskets, movielens, "
+        "synthetic-baskets, synthetic-sequences, a CSV file or a MovieLens folder)",
+    )
+    parser.add_argument("--kind", choices=("baskets", "sequences"), help="recommendations, a CSV --dataset: its rows")
+    parser.add_argument(
+        "--table-precision",
+        choices=("int8", "fp16", "fp32"),
+        default="int8",
+        help="recommendations: the item table in every bundle (default int8, one scale per row)",
+    )
+    parser.add_argument(
+        "--calibration-size",
+        type=int,
+        default=300,
+        help="recommendations: training histories drawn to calibrate int8 (default 300)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="recommendations: split, calibration and bootstrap seed")
     parser.add_argument(
         "--calibration-per-class",
         type=int,
@@ -34,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="calibration images per class, drawn class-balanced from train (default 3)",
     )
     parser.add_argument(
-        "--eval-limit", type=int, default=0, help="verify on a class-balanced subset of about N val images (0: all)"
+        "--eval-limit",
+        type=int,
+        default=0,
+        help="verify on a class-balanced subset of about N val images; recommendations: the first N validation "
+        "and test cases (0: all)",
     )
     parser.add_argument(
         "--qat",
@@ -45,19 +80,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--qat-epochs", type=int, default=2, help="quantization-aware fine-tuning epochs (default 2)")
     parser.epilog = (
-        "example: shelfedge convert --model efficientnet_lite0@160 --distill-from out/teacher/bundles/"
-        "teacher-keras-fp32 --profile x86-kiosk-cpu,android-arm64 --data ../shared/data/grocery"
+        "examples: shelfedge convert --model efficientnet_lite0@160 --distill-from out/teacher/bundles/"
+        "teacher-keras-fp32 --profile x86-kiosk-cpu,android-arm64 --data ../shared/data/grocery; "
+        "shelfedge convert --model out/rec-distill/baskets/student-kd/student --dataset baskets "
+        "--profile x86-kiosk-cpu,android-arm64,onnxruntime-cpu --out out/rec-convert/baskets"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from converters.convert.rec_source import is_recommendation_source
+
+    profiles = [load_profile(p.strip()) for p in args.profile.split(",") if p.strip()]
+    if not profiles:
+        raise ConfigError("--profile needs at least one profile id")
+    if is_recommendation_source(args.model):
+        return _run_recommendation(args, profiles)
+    if args.dataset:
+        raise ConfigError(
+            f"--dataset is for recommendation models, but --model {args.model} is neither a recommendation student "
+            "directory (student.json) nor a recommendation bundle; image models take --data"
+        )
+    return _run_image(args, profiles)
+
+
+def _run_image(args: argparse.Namespace, profiles: list[HardwareProfile]) -> int:
     from converters.convert.pipeline import ConvertConfig, convert
     from converters.convert.plan import plan
 
     data_root = data_dir(args.data)
-    profiles = [load_profile(p.strip()) for p in args.profile.split(",") if p.strip()]
-    if not profiles:
-        raise ConfigError("--profile needs at least one profile id")
     plans = [plan(p, args.budget) for p in profiles]  # every plan is checked before any work
     config = ConvertConfig(
         calibration_per_class=args.calibration_per_class,
@@ -87,6 +137,67 @@ def run(args: argparse.Namespace) -> int:
 
     emit(args, payload, text)
     return 0
+
+
+def _run_recommendation(args: argparse.Namespace, profiles: list[HardwareProfile]) -> int:
+    from converters.convert.rec_pipeline import (
+        RecConvertConfig,
+        RecSource,
+        convert_recommender,
+        rec_plan,
+    )
+
+    if not args.dataset:
+        raise ConfigError(
+            f"--model {args.model} is a recommendation model: give --dataset, the data it was trained on "
+            f"({', '.join(NAMED)}, a CSV file or a MovieLens folder)"
+        )
+    plans = [rec_plan(p, args.budget) for p in profiles]  # every plan is checked before any work
+    config = RecConvertConfig(
+        table_precision=args.table_precision,
+        calibration_size=args.calibration_size,
+        max_cases=args.eval_limit,
+        seed=args.seed,
+    )
+    dataset = open_rec_dataset(args.dataset, kind=args.kind, seed=args.seed, fallback=args.dataset in NAMED)
+    source = RecSource.open(args.model, dataset.name)
+    source.check_fits(dataset)  # before the first profile's export
+    out = Path(args.out)
+    reports = []
+    for p in plans:
+        log(f"[convert] {source.description} on {dataset.name} -> {p.profile.id}")
+        reports.append(convert_recommender(source, p, dataset, out, config, log=log))
+    payload = {"reports": [r.to_dict() for r in reports]}
+
+    def text() -> str:
+        parts = [f"{dataset.note}\n{dataset.split.describe()}"]
+        for r in reports:
+            parts.append(
+                f"\n{r.plan.profile.id} ({r.plan.format.value}, budget {r.plan.max_drop_pt:g} pt val NDCG@10, "
+                f"{r.seconds / 60:.1f} min): chosen {r.chosen.path}\n\n"
+                + markdown_table(r.rows(), _SUMMARY_COLUMNS)
+                + "".join(f"\n- {v.name} misses: {'; '.join(v.misses)}" for v in r.variants if v.misses)
+                + f"\n\nreport: {out / r.plan.profile.id / 'report.md'}"
+            )
+        return "\n".join(parts)
+
+    emit(args, payload, text)
+    return 0
+
+
+_SUMMARY_COLUMNS = (
+    "precision",
+    "size MB",
+    "size vs fp32",
+    "val NDCG@10",
+    "drop pt",
+    "val overlap@10",
+    "test NDCG@10 [95% CI]",
+    "coverage@10",
+    "kept in float",
+    "meets budget",
+    "chosen",
+)
 
 
 def _source(args: argparse.Namespace, data_root: Path, out: Path, input_size: tuple[int, int]):  # -> ModelSource

@@ -1,5 +1,11 @@
 """Calibration sets: class-balanced samples of training data, preprocessed exactly as the
 manifest records, with a hash so a bundle's provenance names the data that calibrated it.
+
+Image models take float32 tensors; a recommendation encoder takes int32 item ids (index + 1,
+left-padded, ``converters.models.sasrec.pad_histories``). Ids are never quantized (only the
+weights and activations behind the lookup are), so a set keeps its model's input dtype:
+:data:`DTYPES` lists the two a set may hold, and :meth:`CalibrationSet.check_matches` refuses a
+set whose dtype is not the model input's.
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from sdk.errors import ConfigError, InputError
 from sdk.manifest import Preprocessing
 from sdk.tensors import TensorSpec
 
+# What a calibration set may hold: float32 (images, features) or int32 (item ids of a history).
+DTYPES = ("float32", "int32")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CalibrationSet:
-    """Float32 model-input tensors, one per image, plus where they came from."""
+    """Model-input tensors, one per sample (image or history), plus where they came from."""
 
-    tensors: np.ndarray  # (N, H, W, C) or (N, C, H, W) float32, already normalised
+    # (N, H, W, C) or (N, C, H, W) float32, already normalised; or (N, max_len) int32 item ids
+    tensors: np.ndarray
     labels: np.ndarray  # (N,) int32, for accuracy-aware steps
     sha256: str  # over the tensors' bytes: the same images + preprocessing -> the same hash
     source: str
@@ -38,18 +48,21 @@ class CalibrationSet:
     def record(self) -> dict[str, object]:
         """What provenance records about the set."""
         return {
-            "images": len(self),
+            # Image sets count images; an int32 set holds item-id histories.
+            ("histories" if self.tensors.dtype.name == "int32" else "images"): len(self),
             "per_class": self.per_class,
             "sha256": self.sha256,
             "source": self.source,
             "shape": list(self.tensors.shape[1:]),
+            "dtype": self.tensors.dtype.name,
         }
 
     def check_matches(self, spec: TensorSpec, where: str) -> None:
         """Refuse a set whose tensors do not fit the model input, before any work.
 
         Raises:
-            ConfigError: empty set, or sample shape (size/channels/layout) differs from ``spec``.
+            ConfigError: empty set, sample shape (size/channels/layout) differs from ``spec``, or
+                the tensors' dtype is not the input's (float32 images for an int32 id input).
         """
         if len(self) == 0:
             raise ConfigError(
@@ -63,6 +76,12 @@ class CalibrationSet:
                 f"{where}: calibration tensors have shape {got} per sample but the model input "
                 f"{spec.name!r} takes {want}; build the set with the model's preprocessing "
                 "(size, channels, layout)"
+            )
+        if spec.dtype in DTYPES and spec.dtype != self.tensors.dtype.name:
+            raise ConfigError(
+                f"{where}: calibration tensors are {self.tensors.dtype.name} but the model input {spec.name!r} "
+                f"takes {spec.dtype}; build the set from the data the model reads (item-id histories for an "
+                "int32 input, preprocessed images for a float32 one)"
             )
 
 
@@ -111,12 +130,18 @@ def build_calibration_set(
 def from_arrays(tensors: np.ndarray, labels: np.ndarray | None = None, source: str = "arrays") -> CalibrationSet:
     """A calibration set from ready tensors (tests, or callers with their own pipeline).
 
+    Args:
+        tensors: a float32 batch (images, features) or an int32 batch (item-id histories, the
+            recommendation encoder's input), first axis the samples.
+
     Raises:
-        ConfigError: not a float32 batch of at least one sample.
+        ConfigError: not a float32 or int32 batch (N, ...) (an empty one is refused where it is used).
     """
     tensors = np.asarray(tensors)
-    if tensors.ndim < 2 or tensors.dtype != np.float32:
-        raise ConfigError(f"calibration tensors must be a float32 batch (N, ...), got {tensors.dtype} {tensors.shape}")
+    if tensors.ndim < 2 or tensors.dtype.name not in DTYPES:
+        raise ConfigError(
+            f"calibration tensors must be a float32 or int32 batch (N, ...), got {tensors.dtype} {tensors.shape}"
+        )
     labels = np.zeros(len(tensors), np.int32) if labels is None else np.asarray(labels, np.int32)
     return CalibrationSet(
         tensors=tensors,

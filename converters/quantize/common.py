@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from converters.export.steps import config_record
-from converters.quantize.calibration import CalibrationSet
+from converters.quantize.calibration import DTYPES, CalibrationSet
 from sdk.enums import Precision
 from sdk.errors import ConfigError
 from sdk.manifest import KeptInFloat, Step
@@ -107,7 +107,7 @@ def require_calibration(calibration: CalibrationSet | None, where: str) -> Calib
     """Refuse a missing or empty calibration set (the checks that need no model).
 
     Raises:
-        ConfigError: no set, not a CalibrationSet, no samples, or not float32.
+        ConfigError: no set, not a CalibrationSet, no samples, or neither float32 nor int32.
     """
     if calibration is None:
         raise ConfigError(
@@ -121,8 +121,11 @@ def require_calibration(calibration: CalibrationSet | None, where: str) -> Calib
             f"{where}: the calibration set is empty; give a dataset with images for the model's classes "
             "or raise the calibration size"
         )
-    if calibration.tensors.dtype != np.float32:
-        raise ConfigError(f"{where}: calibration tensors are {calibration.tensors.dtype}, the model takes float32")
+    if calibration.tensors.dtype.name not in DTYPES:
+        raise ConfigError(
+            f"{where}: calibration tensors are {calibration.tensors.dtype}; models take float32 (images) or "
+            "int32 (item ids); convert the set with from_arrays"
+        )
     return calibration
 
 
@@ -130,7 +133,7 @@ def check_calibration(calibration: CalibrationSet | None, spec: TensorSpec, wher
     """Refuse a missing, empty or mismatched calibration set before any quantization work.
 
     Raises:
-        ConfigError: see ``require_calibration``; or samples whose shape differs from ``spec``.
+        ConfigError: see ``require_calibration``; or samples whose shape or dtype differs from ``spec``.
     """
     calibration = require_calibration(calibration, where)
     calibration.check_matches(spec, where)
@@ -187,6 +190,25 @@ def layer_sensitivity(
         "weight_quant_error": weight_error,
     }
     return LayerSensitivity(name=name, op=op, metrics=metrics, score=input_error + weight_error)
+
+
+# A tensor whose int8 step is too coarse for its values: more than COARSE_SHARE of its nonzero
+# float values are below half a step, so they round to the zero point. Rounding-noise rankings miss
+# it (the error, however large, is far below one huge step): a ``(mask - 1) * 1e9`` padding term
+# stretches a logits tensor's range to 1e9, and the small learned logits added to it all become 0.
+# Each format's sensitivity puts the ops around such a tensor first (keeping it float needs its
+# producer and its consumers in float: a consumer's input would be re-quantized at the same scale).
+COARSE_METRIC = "share below half a step"
+COARSE_SHARE = 0.5
+
+
+def lost_share(values: np.ndarray, scale: float) -> float:
+    """The share of the nonzero ``values`` smaller than half of the int8 step ``scale`` (NaN: none nonzero)."""
+    magnitudes = np.abs(np.asarray(values, np.float64)).ravel()
+    magnitudes = magnitudes[magnitudes > 0]
+    if not magnitudes.size or not scale > 0:
+        return float("nan")
+    return float(np.mean(magnitudes < scale / 2))
 
 
 def ranked(layers: Sequence[LayerSensitivity]) -> list[LayerSensitivity]:

@@ -64,10 +64,14 @@ def input_spec(model: Any, where: str) -> TensorSpec:
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
-        raise ConfigError(f"{where}: the model has {len(inputs)} inputs; calibration sets feed one image input")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-    return TensorSpec(name=inputs[0].name, shape=shape, dtype="float32")
+        raise ConfigError(f"{where}: the model has {len(inputs)} inputs; calibration sets feed one input")
+    import onnx
+
+    tensor_type = inputs[0].type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
+    # float32 for an image model, int32 for a recommendation encoder's item ids.
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    return TensorSpec(name=inputs[0].name, shape=shape, dtype=dtype)
 
 
 def tensor_values(

@@ -2,6 +2,8 @@
 
 ``sensitive_layers`` compares each quantized Conv / MatMul / Gemm node with the fp32 model on
 calibration samples; the budget search keeps the first ones in float through ``nodes_to_exclude``.
+Before them come the nodes around an activation whose int8 step is too coarse for its values
+(``common.COARSE_METRIC``: a padding mask's ``* 1e9`` in the logits), whatever their op type.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def sensitive_layers(
     its weights and output in float; its input stays quantized when its producer is.
 
     Returns:
-        Most sensitive first, named as ``nodes_to_exclude`` takes them; ``score`` is the
-        relative error of the node's own quantization (see ``converters.quantize.common.layer_sensitivity``).
+        Named as ``nodes_to_exclude`` takes them: first the producer and consumers of each
+        activation whose step is too coarse (``score``: the share of its values lost, most first;
+        see :func:`coarse_nodes`), then the layers most sensitive first, ``score`` the relative
+        error of the node's own quantization (see ``converters.quantize.common.layer_sensitivity``).
 
     Raises:
         ConfigError: the calibration set does not fit the model, or ``samples`` < 1.
@@ -64,7 +68,45 @@ def sensitive_layers(
         if p["weights"] and weight_values[p["weights"]].size == p["ref_weights"].size:
             weight_error = qc.compare(p["ref_weights"], weight_values[p["weights"]])["relative_error"]
         layers.append(qc.layer_sensitivity(p["node"].name, p["node"].op_type, compared, input_error, weight_error))
-    return qc.ranked(layers)
+    coarse = coarse_nodes(reference, quantized, spec.name, batch, where)
+    first = {c.name for c in coarse}
+    return [*coarse, *(layer for layer in qc.ranked(layers) if layer.name not in first)]
+
+
+def coarse_nodes(
+    reference: Any, quantized: Any, input_name: str, batch: np.ndarray, where: str
+) -> list[LayerSensitivity]:
+    """The producer and consumers of every activation whose int8 step is too coarse for its values.
+
+    Each QuantizeLinear of ``quantized`` that reads a float activation of ``reference`` is checked:
+    when more than ``common.COARSE_SHARE`` of that activation's nonzero values (on ``batch``) are
+    below half its scale, the nodes writing and reading it are returned, most lost first. Keeping
+    them in float keeps the tensor in float; the consumers alone would re-quantize it.
+    """
+    import onnx
+
+    initializers = {t.name: t for t in quantized.graph.initializer}
+    producer = {o: n for n in reference.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in reference.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    scales = {
+        node.input[0]: float(np.max(onnx.numpy_helper.to_array(initializers[node.input[1]])))
+        for node in quantized.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] in producer and node.input[1] in initializers
+    }
+    values = tensor_values(reference, input_name, list(scales), batch, where)
+    lost = {name: qc.lost_share(values[name], scale) for name, scale in scales.items()}
+    records: dict[str, LayerSensitivity] = {}
+    for name in sorted((n for n in lost if lost[n] > qc.COARSE_SHARE), key=lambda n: -lost[n]):
+        metrics = {qc.COARSE_METRIC: lost[name], "scale": scales[name]}
+        for node in (producer[name], *consumers.get(name, [])):
+            if node.name and node.name not in records:
+                records[node.name] = LayerSensitivity(
+                    name=node.name, op=node.op_type, metrics=metrics, score=lost[name]
+                )
+    return list(records.values())
 
 
 def _pairs(reference: Any, quantized: Any) -> list[dict[str, Any]]:

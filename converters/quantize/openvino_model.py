@@ -70,11 +70,13 @@ def read_model(path: Path) -> Any:
 
 def input_spec(model: Any, where: str) -> TensorSpec:
     if len(model.inputs) != 1:
-        raise ConfigError(f"{where}: the model has {len(model.inputs)} inputs; calibration sets feed one image input")
+        raise ConfigError(f"{where}: the model has {len(model.inputs)} inputs; calibration sets feed one input")
     port = model.inputs[0]
     shape = port.get_partial_shape()
     dims = () if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else -1 for d in shape)
-    return TensorSpec(name=port.get_any_name(), shape=dims, dtype="float32")
+    # float32 for an image model, int32 for a recommendation encoder's item ids.
+    dtype = np.dtype(port.get_element_type().to_dtype()).name
+    return TensorSpec(name=port.get_any_name(), shape=dims, dtype=dtype)
 
 
 def static_batch(model: Any) -> int | None:

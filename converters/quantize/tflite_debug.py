@@ -47,6 +47,16 @@ from converters.quantize import common as qc
 # correctness; the output ``scale`` is kept in each record to spot such wide ranges.
 RANKING_METRIC = "rmse/scale"
 
+# The extreme of that miss is caught (``common.COARSE_METRIC``): the share of the op's nonzero float
+# outputs (the float model run on the debug samples) smaller than half its int8 step. Above
+# ``common.COARSE_SHARE`` the op's output is mostly lost while rmse/scale reads ~0. Seen in the
+# recommendation student: ``(mask - 1) * 1e9`` padding logits share one int8 scale of 3.9e6 with the
+# learned recency logits they are added to, so ``mask - 1`` (-1 or 0) becomes 0 and the recency
+# weights vanish: the pool is a plain mean. Such an op ranks first, followed by the ops that read
+# its output (in float, the tensor would be re-quantized at the same scale on their input).
+COARSE_METRIC = qc.COARSE_METRIC
+_MAGNITUDES_PER_SAMPLE = 64  # nonzero |values| kept per tensor and sample, evenly strided
+
 # Added to the debugger's defaults (num_elements, stddev, mean_error, max_abs_error,
 # mean_squared_error). Each receives one sample's NumericVerify output: the per-element
 # difference between the float op run on the quantized op's own (dequantized) inputs and the
@@ -71,28 +81,33 @@ class TFLiteLayerSensitivity(qc.LayerSensitivity):
         tensor: the op's output tensor in the converted model, as the debugger's denylist takes it.
         layers: the Keras layer names the tensor maps to, possibly empty.
         scale: the int8 scale of the op's output.
+        coarse: the output's step is too coarse for its values (``COARSE_METRIC`` > ``common.COARSE_SHARE``).
     """
 
     tensor: str
     layers: tuple[str, ...]
     scale: float
+    coarse: bool = False
 
     @property
     def rmse_per_scale(self) -> float:
         return self.score
 
     def describe(self) -> str:
-        keys = (RANKING_METRIC, "mean_squared_error", "max_abs_error")
+        keys = (RANKING_METRIC, COARSE_METRIC, "mean_squared_error", "max_abs_error")
         shown = ", ".join(f"{k} {self.metrics[k]:.4g}" for k in keys if k in self.metrics)
         return f"{self.op} {self.name!r} (tensor {self.tensor!r}): {shown}, output scale {self.scale:.4g}"
 
 
 def representative(tensors: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """A representative-dataset factory: one sample a step, batch of one, float32."""
+    """A representative-dataset factory: one sample a step, batch of one, in the set's dtype.
+
+    float32 for images; int32 item ids stay int32 (the converter feeds them to the id input as they are).
+    """
 
     def generate() -> Iterator[list[np.ndarray]]:
         for sample in tensors:
-            yield [np.ascontiguousarray(sample[None], dtype=np.float32)]
+            yield [np.ascontiguousarray(sample[None])]
 
     return generate
 
@@ -109,6 +124,21 @@ def spread(tensors: np.ndarray, count: int | None) -> np.ndarray:
     return tensors[np.unique(np.linspace(0, total - 1, count).round().astype(int))]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FloatGraph:
+    """What the float (calibrated) model tells the ranking and the I/O check. Immutable.
+
+    Attributes:
+        io_dtypes: its input and output dtypes; empty: every tensor is float32.
+        consumers: tensor name -> the output tensors of the ops that read it.
+        magnitudes: tensor name -> a strided sample of its nonzero float |values| over the debug samples.
+    """
+
+    io_dtypes: tuple[Sequence[str], Sequence[str]] | tuple[()] = ()
+    consumers: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    magnitudes: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
 class IODtypeError(ValueError):
     """The model cannot have the requested I/O dtype with this denylist."""
 
@@ -116,10 +146,17 @@ class IODtypeError(ValueError):
 class DebugSession:
     """A converter calibrated once, re-quantized on demand; built by ``calibrate``."""
 
-    def __init__(self, debugger: Any, output_names: Mapping[str, str], layer_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        debugger: Any,
+        output_names: Mapping[str, str],
+        layer_names: Sequence[str],
+        graph: FloatGraph | None = None,
+    ) -> None:
         self._debugger = debugger
         self._output_names = dict(output_names)
         self._layer_names = tuple(layer_names)
+        self._graph = graph or FloatGraph()
         self._layers: list[TFLiteLayerSensitivity] | None = None
 
     def layers(self) -> list[TFLiteLayerSensitivity]:
@@ -131,7 +168,7 @@ class DebugSession:
             self._debugger.layer_statistics_dump(dump)
             rows = list(csv.DictReader(io.StringIO(dump.getvalue())))
             records = _unique_names([self._record(row) for row in rows])
-            self._layers = sorted(records, key=_rank_key)
+            self._layers = _ranked(records, self._graph.consumers)
         return list(self._layers)
 
     def resolve(self, names: Sequence[str]) -> list[str]:
@@ -178,7 +215,11 @@ class DebugSession:
                 flatbuffer = modify_model_io_type(flatbuffer, tf.uint8, tf.uint8)
         got_in, got_out = io_dtypes(flatbuffer)
         want = np.dtype(_IO_DTYPES[io_dtype]).name
-        wrong = [f"input {d}" for d in got_in if d != want] + [f"output {d}" for d in got_out if d != want]
+        # Only tensors that are float32 in the float model take the int8/uint8 I/O dtype; integer
+        # inputs (a recommender's int32 item ids) keep theirs.
+        was_in, was_out = self._graph.io_dtypes or (("float32",) * len(got_in), ("float32",) * len(got_out))
+        wrong = [f"input {d}" for d, w in zip(got_in, was_in, strict=False) if d != want and w == "float32"]
+        wrong += [f"output {d}" for d, w in zip(got_out, was_out, strict=False) if d != want and w == "float32"]
         if wrong:
             raise IODtypeError(
                 f"{io_dtype} I/O is not possible with {', '.join(nodes) or ', '.join(ops)} kept in float "
@@ -194,6 +235,8 @@ class DebugSession:
         metrics = {k: float(v) for k, v in row.items() if k not in skip and v not in ("", None)}
         mse = metrics.get("mean_squared_error", math.nan)
         metrics[RANKING_METRIC] = math.sqrt(mse) / scale if scale > 0 else math.nan
+        magnitudes = self._graph.magnitudes.get(tensor)
+        metrics[COARSE_METRIC] = qc.lost_share(magnitudes, scale) if magnitudes is not None else math.nan
         if tensor in self._output_names:
             layers: tuple[str, ...] = (self._output_names[tensor],)
         else:
@@ -207,6 +250,7 @@ class DebugSession:
             tensor=tensor,
             layers=layers,
             scale=scale,
+            coarse=metrics[COARSE_METRIC] > qc.COARSE_SHARE,
         )
 
 
@@ -223,7 +267,41 @@ def calibrate(converter: Any, debug_tensors: np.ndarray, layer_names: Sequence[s
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=representative(debug_tensors), debug_options=options
         )
-    return DebugSession(debugger, _signature_outputs(debugger.calibrated_model), layer_names)
+    calibrated = debugger.calibrated_model
+    return DebugSession(debugger, _signature_outputs(calibrated), layer_names, float_graph(calibrated, debug_tensors))
+
+
+def float_graph(flatbuffer: bytes, samples: np.ndarray) -> FloatGraph:
+    """The float model's I/O dtypes, op graph and each tensor's nonzero magnitudes over ``samples`` (one input)."""
+    interpreter = _interpreter(flatbuffer, preserve=True)
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    consumers: dict[str, list[str]] = {}
+    # A private call, as the debugger itself makes: the public API lists tensors, not ops.
+    for op in interpreter._get_ops_details():
+        outputs = [names[i] for i in op["outputs"] if i in names]
+        for i in op["inputs"]:
+            if i in names:
+                consumers.setdefault(names[i], []).extend(outputs)
+    magnitudes: dict[str, list[np.ndarray]] = {}
+    feed = interpreter.get_input_details()[0]
+    floats = [d for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
+    for sample in samples:
+        batch = np.ascontiguousarray(sample[None])
+        if tuple(feed["shape"]) != batch.shape:
+            interpreter.resize_tensor_input(feed["index"], batch.shape, strict=False)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(feed["index"], batch)
+        interpreter.invoke()
+        for d in floats:
+            values = np.abs(np.asarray(interpreter.get_tensor(d["index"]), np.float32).ravel())
+            values = values[values > 0]
+            step = max(1, values.size // _MAGNITUDES_PER_SAMPLE)
+            magnitudes.setdefault(d["name"], []).append(values[::step])
+    return FloatGraph(
+        io_dtypes=io_dtypes(flatbuffer),
+        consumers={name: tuple(dict.fromkeys(outputs)) for name, outputs in consumers.items()},
+        magnitudes={name: np.concatenate(parts) for name, parts in magnitudes.items()},
+    )
 
 
 def io_dtypes(flatbuffer: bytes) -> tuple[list[str], list[str]]:
@@ -245,12 +323,26 @@ def _signature_outputs(flatbuffer: bytes) -> dict[str, str]:
     return names
 
 
-def _interpreter(flatbuffer: bytes) -> Any:
+def _ranked(
+    records: list[TFLiteLayerSensitivity], consumers: Mapping[str, Sequence[str]]
+) -> list[TFLiteLayerSensitivity]:
+    """Coarse-step ops first (most lost first), each followed by the ops that read it; then by ``rmse/scale``."""
+    by_tensor = {r.tensor: r for r in records}
+    first: dict[str, TFLiteLayerSensitivity] = {}
+    for record in sorted((r for r in records if r.coarse), key=lambda r: -r.metrics[COARSE_METRIC]):
+        for tensor in (record.tensor, *consumers.get(record.tensor, ())):
+            if tensor in by_tensor and tensor not in first:
+                first[tensor] = by_tensor[tensor]
+    rest = sorted((r for r in records if r.tensor not in first), key=_rank_key)
+    return [*first.values(), *rest]
+
+
+def _interpreter(flatbuffer: bytes, *, preserve: bool = False) -> Any:
     import tensorflow as tf
 
     with _quiet():
-        # Details only, no allocation: the debugger's calibrated model holds calibration stats.
-        return tf.lite.Interpreter(model_content=flatbuffer)
+        # Details (or a float run, every intermediate kept with ``preserve``) of the calibrated model.
+        return tf.lite.Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=preserve)
 
 
 def _unique_names(records: list[TFLiteLayerSensitivity]) -> list[TFLiteLayerSensitivity]:
