@@ -65,7 +65,7 @@ def describe_non_image(data: bytes) -> str:
         if brand in _HEIF_BRANDS:
             return "a HEIC/HEIF image, which shelfedge does not decode"
         if brand in (b"avif", b"avis"):
-            return "an AVIF image, which this Pillow build does not decode"
+            return "an AVIF image Pillow could not open (damaged, or a Pillow build without AVIF)"
         return "an MP4/QuickTime video"
     for magic, kind in _NOT_IMAGES:
         if data.startswith(magic):

@@ -14,7 +14,7 @@ Conventions that decide pixel values, fixed here once:
   server model saw in training;
 - 16-bit samples become ``round(v / 257)`` (65535 -> 255), float samples in [0, 1]
   become ``round(v * 255)``;
-- EXIF orientation is applied (JPEG, and the formats Pillow reads);
+- EXIF orientation is applied, whatever the format (as OpenCV's ``imdecode`` does);
 - sizes are rounded half up, centre crops start at ``(resized - size) // 2`` (as Keras'
   ``CenterCrop``), and ``pre.interpolation`` is followed exactly (no automatic switch to
   area interpolation when shrinking: all runtimes must do the same thing).
