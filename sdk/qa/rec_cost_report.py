@@ -178,7 +178,7 @@ def cost_plot(
     if note:
         figure.text(0.01, 0.005, note, fontsize=6, color="#555555")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.93))
+    ax.legend(fontsize=7, loc="lower right")
     return _save(figure, path)
 
 
