@@ -95,6 +95,17 @@ class IvfIndex:
         Raises:
             InputError: ``user`` is not a finite (dim,) vector, or ``n_probe`` is not in 1..n_lists.
         """
+        if n_probe == self.n_lists and not isinstance(n_probe, bool):
+            self.lists(user, n_probe)  # the same checks
+            return self.order
+        return np.concatenate([self.order[a:b] for a, b in self.spans(user, n_probe)])
+
+    def lists(self, user: np.ndarray, n_probe: int) -> np.ndarray:
+        """The ``n_probe`` lists closest to ``user`` (closest first).
+
+        Raises:
+            InputError: as :meth:`search`.
+        """
         u = np.asarray(user, dtype=np.float32).reshape(-1)
         if u.shape != (self.dim,) or not np.all(np.isfinite(u)):
             raise InputError(
@@ -103,13 +114,32 @@ class IvfIndex:
             )
         if isinstance(n_probe, bool) or not isinstance(n_probe, (int, np.integer)) or not 1 <= n_probe <= self.n_lists:
             raise InputError(f"IvfIndex.search: n_probe must be an integer in 1..{self.n_lists}, got {n_probe!r}")
-        if n_probe == self.n_lists:
-            return self.order
         # |u~ - c|^2 = |u~|^2 - 2 u~.c + |c|^2: the closest lists have the largest u~.c - |c|^2 / 2.
         closeness = self._probe @ u + self._probe_offset
         lists = np.argpartition(closeness, self.n_lists - n_probe)[self.n_lists - n_probe :]
-        lists = lists[np.argsort(-closeness[lists], kind="stable")]
-        return np.concatenate([self.order[self.offsets[i] : self.offsets[i + 1]] for i in lists])
+        return lists[np.argsort(-closeness[lists], kind="stable")]
+
+    def spans(self, user: np.ndarray, n_probe: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` in :attr:`order` of each list :meth:`lists` opens, closest first.
+
+        With a table stored in list order (:meth:`grouped`), each span is a contiguous block of
+        rows: scoring it needs no gather, several times cheaper than ``table[candidates]``.
+
+        Raises:
+            InputError: as :meth:`search`.
+        """
+        return [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in self.lists(user, n_probe)]
+
+    def grouped(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (one per item: a table, a bias) in list order, so :meth:`spans` index it.
+
+        Raises:
+            ConfigError: ``rows`` does not hold one entry per item.
+        """
+        array = np.asarray(rows)
+        if len(array) != self.n_items:
+            raise ConfigError(f"IvfIndex.grouped: {len(array)} rows for an index of {self.n_items} items")
+        return np.ascontiguousarray(array[self.order])
 
     def save(self, path: str | Path) -> Path:
         """Write the index to ``path`` (an ``.npz``, no pickle); returns the path.

@@ -35,6 +35,20 @@ def test_ivf_succeeds_with_all_lists_opened_equal_to_brute_force(items) -> None:
         assert found.tolist() == exact.tolist()
 
 
+def test_ivf_succeeds_with_spans_of_the_grouped_table_scoring_like_a_gather(items) -> None:
+    table, bias = items
+    index = build_ivf(table, 14, 0, 5, bias=bias)
+    grouped, grouped_bias = index.grouped(table), index.grouped(bias)
+    user = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
+    spans = index.spans(user, 5)
+    assert [index.offsets[i] for i in index.lists(user, 5)] == [a for a, _ in spans]
+    scores = np.concatenate([grouped[a:b] @ user + grouped_bias[a:b] for a, b in spans])
+    candidates = index.search(user, 5)
+    np.testing.assert_allclose(scores, table[candidates] @ user + bias[candidates], rtol=1e-6)
+    with pytest.raises(ConfigError, match="3 rows for an index of 200 items"):
+        index.grouped(bias[:3])
+
+
 def test_ivf_succeeds_with_lists_that_partition_the_items(items) -> None:
     table, bias = items
     index = build_ivf(table, 14, 0, 5, bias=bias)
