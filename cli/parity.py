@@ -128,6 +128,11 @@ def _run_recommendations(args: argparse.Namespace) -> int:
     results = run_rec_parity(
         args.bundle, reference, cases, profile=profile, runtimes=runtimes, resamples=args.resamples, log=log
     )
+    if not results:
+        raise ConfigError(
+            "parity: no bundle ran on any runtime (see the skipped lines); install the runtime or pass "
+            "--runtime / --profile that reads the bundles' formats"
+        )
     passed = all(r.passed for r in results)
     payload = {
         "schema_version": 1,

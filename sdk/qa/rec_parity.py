@@ -169,7 +169,10 @@ def run_rec_parity(
         reference.check_catalogue(items.catalogue.ids, str(bundle.path))
         windows = reference.check_windows(cases, spec.max_len, spec.kind, str(bundle.path))
         same, basis = same_model(reference, bundle.manifest.provenance.source_sha256, items)
-        for runtime in _runtimes(bundle, profile, runtimes):
+        chosen = _runtimes(bundle, profile, runtimes)
+        if not chosen:
+            log(f"[parity] {bundle.path.name}: no runtime asked for reads {bundle.manifest.format.value}; skipped")
+        for runtime in chosen:
             options = RecommenderOptions(profile=profile, runtime=runtime, fallback="record")
             try:
                 recommender = Recommender.create(bundle, options)
