@@ -177,6 +177,11 @@ def _run_recommendation(args: argparse.Namespace, profiles: list[HardwareProfile
                 f"{r.seconds / 60:.1f} min): chosen {r.chosen.path}\n\n"
                 + markdown_table(r.rows(), _SUMMARY_COLUMNS)
                 + "".join(f"\n- {v.name} misses: {'; '.join(v.misses)}" for v in r.variants if v.misses)
+                + "".join(
+                    f"\n- {v.name} is not chosen: {v.size_bytes / 1e6:.3f} MB, larger than the fp32 bundle"
+                    for v in r.variants
+                    if v.larger_than_fp32
+                )
                 + f"\n\nreport: {out / r.plan.profile.id / 'report.md'}"
             )
         return "\n".join(parts)
