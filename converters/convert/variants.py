@@ -171,8 +171,9 @@ def _tflite_int8(ctx: BuildContext, precision: Precision) -> tuple[Path, list[Ke
     return result.model_path, list(result.kept_in_float), result.step, _keras_root(ctx)
 
 
-def _openvino_fp16(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
-    config = quantize_openvino.OpenVINOQuantConfig(precision=Precision.FP16)
+def _openvino_plain(ctx: BuildContext, precision: Precision) -> tuple[Path, list[KeptInFloat], Step, SourceModel]:
+    """fp16 weights, or int8 weights with float activations (NNCF weight compression)."""
+    config = quantize_openvino.OpenVINOQuantConfig(precision=precision)
     started = time.perf_counter()
     path, kept = quantize_openvino.run(ctx.fp32.model_path, config, ctx.work_dir, None)
     step = qc.step_record(
@@ -221,7 +222,8 @@ BUILDERS: dict[tuple[ModelFormat, Precision], Builder] = {
     (ModelFormat.TFLITE, Precision.DYNAMIC_INT8): _tflite_plain,
     (ModelFormat.TFLITE, Precision.INT16X8): _tflite_plain,
     (ModelFormat.TFLITE, Precision.INT8): _tflite_int8,
-    (ModelFormat.OPENVINO, Precision.FP16): _openvino_fp16,
+    (ModelFormat.OPENVINO, Precision.FP16): _openvino_plain,
+    (ModelFormat.OPENVINO, Precision.DYNAMIC_INT8): _openvino_plain,
     (ModelFormat.OPENVINO, Precision.INT8): _openvino_int8,
     (ModelFormat.ONNX, Precision.INT8): _onnx_int8,
 }

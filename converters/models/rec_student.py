@@ -314,9 +314,11 @@ class AttentionPool(keras.layers.Layer):
             logits = logits * (self.dim**-0.5)
         if self.recency:
             logits = logits + ops.reshape(self.position_logits[self.max_len - ops.shape(x)[1] :], (1, -1, 1))
-        # Padding gets a large negative logit; an empty history then weighs zero vectors: a zero user.
-        logits = logits + (keep - 1.0) * 1e9
-        weights = ops.softmax(logits, axis=1) * keep
+        # A masked softmax without a large negative constant (which would set the int8 scale of
+        # the logits to ~4e6 and swamp the recency weights): exp, zero the padding, renormalise.
+        # The logits are small learned values (no overflow); an empty history gives a zero user.
+        exps = ops.exp(logits) * keep
+        weights = exps / ops.maximum(ops.sum(exps, axis=1, keepdims=True), 1e-12)
         return ops.sum(weights * x, axis=1)
 
     def compute_output_shape(self, input_shape: Any) -> Any:

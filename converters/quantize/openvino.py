@@ -37,6 +37,7 @@ from converters.quantize.openvino_nncf import (
     OVERFLOW_FIXES,
     PRESETS,
     OpenVINOQuantConfig,
+    nncf_compress_weights,
     nncf_quantize,
 )
 from converters.quantize.openvino_nncf import accuracy_control as nncf_accuracy_control
@@ -73,7 +74,8 @@ def run(
     """Write ``out_dir/model.xml`` (+ ``.bin``) at ``config.precision``.
 
     fp16 stores the weights as f16 (``compress_to_fp16``); int8 runs ``nncf.quantize`` on the
-    calibration tensors, one sample per batch, and saves with fp32 weights for the float layers.
+    calibration tensors, one sample per batch, and saves with fp32 weights for the float layers;
+    dynamic_int8 compresses the weights to int8 (``nncf.compress_weights``), activations stay float.
 
     Returns:
         The IR and the layers left in float (``config.ignored_scope``).
@@ -109,6 +111,8 @@ def run(
                 KeptInFloat(layer=n, precision=Precision.FP32, reason="listed in OpenVINOQuantConfig.ignored_scope")
                 for n in config.ignored_scope
             ]
+        elif config.precision is Precision.DYNAMIC_INT8:
+            model = nncf_compress_weights(model, fp32_model_xml)
         restore_metadata(model, metadata)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / MODEL_FILE
@@ -124,7 +128,7 @@ def run(
 STEP = QuantizeStep(
     name=STEP_NAME,
     format=ModelFormat.OPENVINO,
-    precisions=frozenset({Precision.FP16, Precision.INT8}),
+    precisions=frozenset({Precision.FP16, Precision.INT8, Precision.DYNAMIC_INT8}),
     needs_calibration=frozenset({Precision.INT8}),
     budgeted=frozenset({Precision.INT8}),
     source_kinds=frozenset({ModelFormat.OPENVINO}),

@@ -35,7 +35,9 @@ class OpenVINOQuantConfig:
     """How to quantize an OpenVINO IR.
 
     Attributes:
-        precision: ``FP16`` (weights stored as f16, no calibration) or ``INT8`` (NNCF PTQ).
+        precision: ``FP16`` (weights stored as f16, no calibration), ``INT8`` (NNCF PTQ) or
+            ``DYNAMIC_INT8`` (NNCF weight compression: int8 weights with per-channel asymmetric
+            scales, embedding tables included, activations in float; no calibration).
         preset: NNCF preset: ``performance`` (symmetric) or ``mixed`` (asymmetric activations).
         subset_size: calibration samples NNCF uses (capped at the set's size).
         ignored_scope: layer (friendly) names NNCF must leave in float.
@@ -61,8 +63,8 @@ class OpenVINOQuantConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignored_scope", tuple(self.ignored_scope))
         where = "OpenVINOQuantConfig"
-        if self.precision not in (Precision.FP16, Precision.INT8):
-            raise ConfigError(f"{where}.precision must be fp16 or int8, got {self.precision!r}")
+        if self.precision not in (Precision.FP16, Precision.INT8, Precision.DYNAMIC_INT8):
+            raise ConfigError(f"{where}.precision must be fp16, int8 or dynamic_int8, got {self.precision!r}")
         if self.preset not in PRESETS:
             raise ConfigError(f"{where}.preset must be one of {PRESETS}, got {self.preset!r}")
         if isinstance(self.subset_size, bool) or not isinstance(self.subset_size, int) or self.subset_size < 1:
@@ -77,6 +79,20 @@ class OpenVINOQuantConfig:
     def seven_bit(self) -> cpu.SevenBitChoice:
         """What ``overflow_fix`` means on this host (``auto`` resolved), for the step record."""
         return cpu.choose_seven_bit(self.overflow_fix, seven="enable", eight="first_layer_only")
+
+
+def nncf_compress_weights(model: Any, path: Path) -> Any:
+    """Int8 weights (per-channel asymmetric) for every MatMul/Gather/Conv, activations in float.
+
+    Raises:
+        ConversionError: NNCF failed (the cause is chained).
+    """
+    import nncf
+
+    try:
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    except Exception as e:  # NNCF raises its own and OpenVINO's types
+        raise library_error(STEP_NAME, path, "nncf.compress_weights", e, "report the model and NNCF version") from e
 
 
 def nncf_quantize(model: Any, config: OpenVINOQuantConfig, calibration: CalibrationSet, path: Path) -> Any:
