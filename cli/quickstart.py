@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     rec = None
     if not args.no_recommender:
         rec = recommender_stages(
-            out, data=args.rec_data, teacher_epochs=args.rec_teacher_epochs, student_epochs=args.rec_epochs
+            out, profile, data=args.rec_data, teacher_epochs=args.rec_teacher_epochs, student_epochs=args.rec_epochs
         )
         pipeline += rec.rows
     pipeline_table = markdown_table(pipeline, ["stage", "result"])

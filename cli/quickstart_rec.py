@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from cli import log
+from cli.quickstart_rec_release import release_stages
 from sdk.enums import RUNTIMES_FOR_FORMAT, ModelFormat
 from sdk.errors import ConfigError
+from sdk.profiles import HardwareProfile
 from sdk.rec_datasets import RecDataset, open_rec_dataset
 from sdk.recommender import Recommender
 
@@ -34,6 +36,7 @@ class RecStages:
     bundles: dict[str, str]
     example: dict[str, Any]
     planted_top1: float | None
+    release: dict[str, Any]
     rows: list[dict[str, str]]
     passed: bool
 
@@ -42,9 +45,14 @@ class RecStages:
 
 
 def recommender_stages(
-    out: Path, *, data: str = "baskets", teacher_epochs: int | None = None, student_epochs: int = 20
+    out: Path,
+    profile: HardwareProfile,
+    *,
+    data: str = "baskets",
+    teacher_epochs: int | None = None,
+    student_epochs: int = 20,
 ) -> RecStages:
-    """Train, distil, package and check the basket recommender under ``out/rec``.
+    """Train, distil, package, check and release-check the basket recommender under ``out/rec``.
 
     Raises:
         ConfigError: the data has nothing to train on, or the planted check fails on synthetic data.
@@ -68,7 +76,8 @@ def recommender_stages(
     bundles = _package(dataset, result.chosen(), out / "rec" / "bundles")
     example = _example(dataset, bundles)
     planted = _planted_top1(dataset, bundles["onnx"]) if dataset.synthetic else None
-    rows = _rows(comparison, bundles, example, planted)
+    release, release_rows, released = release_stages(dataset, data, result.chosen().student_dir, profile, out / "rec")
+    rows = _rows(comparison, bundles, example, planted) + release_rows
     return RecStages(
         dataset=dataset.name,
         synthetic=dataset.synthetic,
@@ -76,20 +85,22 @@ def recommender_stages(
         bundles=bundles,
         example=example,
         planted_top1=planted,
+        release=release,
         rows=rows,
-        passed=bool(example["runtimes_agree"]),
+        passed=bool(example["runtimes_agree"]) and released,
     )
 
 
 def _package(dataset: RecDataset, chosen: Any, out: Path) -> dict[str, str]:
     from converters.export.rec_bundle import package_recommender
+    from converters.models.rec_student import ENCODER_FILE
 
     student = chosen.student
     popularity = np.zeros(dataset.split.n_items)
     for row in dataset.split.train:  # the cold-start answer must not know the test baskets
         np.add.at(popularity, np.unique(row), 1.0)
     made = package_recommender(
-        student.encoder,
+        chosen.student_dir / ENCODER_FILE,  # the file on disk: the bundles' lineage names it
         student.item_table,
         student.item_bias,
         dataset.interactions.catalogue,
@@ -154,7 +165,9 @@ def _rows(
         },
     ]
     if kd is not None:
-        rows[0]["result"] += f"; KD vs labels-only: {kd.verdict('ndcg@10').value}"
+        verdict = kd.verdict("ndcg@10").value
+        said = verdict.replace("A better", "KD better").replace("B better", "labels-only better")
+        rows[0]["result"] += f"; KD vs labels-only on NDCG@10: {said}"
     if planted is not None:
         rows.append({"stage": "planted co-occurrences", "result": f"{planted:.0%} of partners ranked first"})
     return rows

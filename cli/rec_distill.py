@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 def _package(dataset: RecDataset, chosen: Any, out: Path, precision: str) -> dict:
     """The chosen student (a ``DistillRecResult``) as LiteRT, OpenVINO and ONNX bundles with its item table."""
     from converters.export.rec_bundle import package_recommender
+    from converters.models.rec_student import ENCODER_FILE
 
     student = chosen.student
     # Popularity from the training rows only: the cold-start answer must not know the test items.
@@ -89,7 +90,8 @@ def _package(dataset: RecDataset, chosen: Any, out: Path, precision: str) -> dic
     name = f"{dataset.name}-{student.config.get('shape')}{student.config.get('dim')}"
     log(f"[rec-distill] packaging {name} (best epoch {chosen.best_epoch}, val NDCG@10 {chosen.val_ndcg10:.4f})")
     bundles = package_recommender(
-        student.encoder,
+        # The saved file, not the in-memory model: the bundles' lineage then names the student on disk.
+        chosen.student_dir / ENCODER_FILE,
         student.item_table,
         student.item_bias,
         dataset.interactions.catalogue,

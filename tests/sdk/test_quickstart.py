@@ -80,6 +80,10 @@ def test_quickstart_succeeds_with_synthetic_data_on_every_runtime(
     assert rec["synthetic"] and rec["planted_top1"] >= 0.9 and rec["example"]["runtimes_agree"]
     assert set(rec["bundles"]) == {"tflite", "openvino", "onnx"} and len(rec["example"]["top3"]) == 4
     assert "planted co-occurrences" in [row["stage"] for row in report["pipeline"]] and report["passed"]
+    # ... and released like the image model: converted for the profile, parity PASS on its runtime, benched.
+    assert rec["release"]["parity"]["runtime"] == "openvino" and rec["passed"]
+    assert Path(rec["release"]["convert"]["chosen"]).parent == out / "rec" / "convert" / "x86-kiosk-cpu"
+    assert rec["release"]["bench"]["latency"]["p99_ms"] > 0
     assert "x faster" in report["pipeline"][3]["result"]
     assert "Release check for x86-kiosk-cpu" in (out / "report.md").read_text()
     # Other libraries' messages went to the log file, not to the terminal.
