@@ -9,17 +9,21 @@ that is not the reference's), 0 otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from cli import data_dir, emit, log
 from cli._common import DATA_HELP
+from sdk.bundle import Bundle
 from sdk.data import load_split
-from sdk.errors import BackendUnavailableError, ConfigError
-from sdk.profiles import load_profile
+from sdk.enums import ModelFormat
+from sdk.errors import BackendUnavailableError, ConfigError, ShelfedgeError
+from sdk.profiles import HardwareProfile, load_profile
 from sdk.qa.bench import BenchConfig
 from sdk.qa.matrix import run_matrix
 from sdk.qa.matrix_report import write_matrix_report
 from sdk.qa.parity_run import open_reference
+from sdk.qa.rec_reference import is_rec_reference
 
 # --quick: every number once (CI smoke tests, demos), not numbers to compare; the same loop
 # lengths as ``shelfedge bench --quick``.
@@ -77,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise ConfigError(f"--limit must not be negative, got {args.limit}")
     profiles = [load_profile(name) for name in names]  # a bad profile fails before any work
+    if is_rec_reference(args.reference):
+        return _run_recommendations(args, profiles)
     dataset = load_split(data_dir(args.data), args.split)
     if args.limit:
         dataset = dataset.head(args.limit)
@@ -124,3 +130,49 @@ def run(args: argparse.Namespace) -> int:
 
     emit(args, document, text)
     return 0 if result.passed else 1
+
+
+def _run_recommendations(args: argparse.Namespace, profiles: list[HardwareProfile]) -> int:
+    """Recommendation bundles below --bundles x profiles against a saved recommendation reference."""
+    from sdk.qa.matrix import REFERENCE_FORMATS, find_bundles
+    from sdk.qa.rec_matrix import run_rec_matrix
+    from sdk.qa.rec_reference import load_rec_reference
+
+    reference = load_rec_reference(args.reference)
+    log(f"[matrix] reference {reference.path}: {reference.dataset.describe()}")
+    dataset, cases = reference.dataset.open()
+    ids = dataset.interactions.catalogue.ids
+    histories = [[ids[i] for i in h] for h in cases.histories]
+    bundles = [p for p in find_bundles(args.bundles) if not _is_reference_format(p, REFERENCE_FORMATS)]
+    counts = {"blocks": 4, "calls_per_block": 10} if args.quick else {"blocks": 10, "calls_per_block": 30}
+    result = run_rec_matrix(bundles, profiles, reference, cases, histories, log=log, **counts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = result.to_dict()
+    (out / "matrix.json").write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    table = result.table()
+    header = (
+        f"reference {reference.info.get('runtime')} on {reference.info.get('device')}: {reference.dataset.describe()}"
+    )
+    (out / "matrix.md").write_text(f"# shelfedge matrix: recommendations\n\n{header}\n\n{table}\n", encoding="utf-8")
+    if not any(row.status == "ran" for row in result.rows) and not any(row.status == "error" for row in result.rows):
+        raise BackendUnavailableError(
+            f"no recommendation bundle x profile pair could run here; see {out / 'matrix.md'}"
+        )
+
+    def text() -> str:
+        failures = [
+            f"FAIL {Path(r.bundle).name} x {r.profile}: {r.cells()['result']}" for r in result.rows if not r.passed
+        ]
+        verdict = "verdict: " + ("PASS" if result.passed else "FAIL")
+        return "\n".join([f"\n{header}", "", result.table(skipped=False), "", *failures, verdict, f"report: {out}"])
+
+    emit(args, document, text)
+    return 0 if result.passed else 1
+
+
+def _is_reference_format(path: Path, formats: tuple[ModelFormat, ...]) -> bool:
+    try:
+        return Bundle.open(path, verify=False).manifest.format in formats
+    except ShelfedgeError:
+        return False  # an invalid bundle is a row with its error

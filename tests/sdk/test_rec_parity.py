@@ -226,3 +226,28 @@ def test_cli_reference_succeeds_with_the_teacher_file(setup: Setup, tmp_path: Pa
     assert main(["parity", "--bundle", model, "--reference", str(ref), "--resamples", "100", "--out", str(out)]) == 0
     [row] = json.loads((out / "parity.json").read_text())["results"]
     assert row["status"] == "not judged: different model" and not row["same_model"]
+
+
+def test_cli_matrix_succeeds_with_recommendation_bundles_and_fails_with_a_wrong_one(
+    setup: Setup, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("onnxruntime")
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(setup.bundles[ModelFormat.ONNX].path, root / "tiny-onnx-fp32")
+    shutil.copytree(
+        setup.bundles[ModelFormat.SAVEDMODEL].path, root / "tiny-savedmodel-fp32"
+    )  # the reference: left out
+    argv = ["matrix", "--bundles", str(root), "--profiles", "onnxruntime-cpu,android-arm64", "--reference",
+            str(setup.reference.path), "--quick", "--out", str(tmp_path / "m"), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    rows = {(Path(r["bundle"]).name, r["profile"]): r for r in document["rows"]}
+    assert set(rows) == {("tiny-onnx-fp32", "onnxruntime-cpu"), ("tiny-onnx-fp32", "android-arm64")}
+    ran = rows[("tiny-onnx-fp32", "onnxruntime-cpu")]
+    assert ran["status"] == "ran" and ran["passed"] and ran["bench"]["latency"]["p99_ms"] > 0
+    assert rows[("tiny-onnx-fp32", "android-arm64")]["status"] == "skipped"  # LiteRT cannot read ONNX
+    assert "| tiny-onnx-fp32" in (tmp_path / "m" / "matrix.md").read_text()
+    shutil.copytree(setup.shuffled.path, root / "shuffled-onnx-fp32")
+    assert main([*argv[:-1]]) == 1
+    assert "FAIL shuffled-onnx-fp32 x onnxruntime-cpu" in capsys.readouterr().out
