@@ -1,4 +1,4 @@
-"""``shelfedge inspect BUNDLE``: the manifest, after checking every file's hash."""
+"""``shelfedge inspect BUNDLE``: the manifest, after checking every file's hash and that the model needs no other."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     bundle = Bundle.open(args.bundle)
     m = bundle.manifest
-    payload = {"path": str(bundle.path), "verified": True, "size_bytes": bundle.size_bytes(), "manifest": m.to_dict()}
+    payload = {
+        "path": str(bundle.path),
+        "verified": True,
+        "verified_files": sorted(m.files),
+        "model_files": list(bundle.model_files),
+        "size_bytes": bundle.size_bytes(),
+        "manifest": m.to_dict(),
+    }
 
     def text() -> str:
         tensors = [
@@ -38,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         steps = [{"step": s.name, "seconds": s.seconds, "config": s.config} for s in m.provenance.steps]
         return "\n".join(
             [
-                f"bundle {bundle.path}: all {len(m.files)} file hashes verified, {bundle.size_bytes() / 1e6:.2f} MB",
+                f"bundle {bundle.path}: the sha256 of its {len(m.files)} listed files verified, "
+                f"{bundle.size_bytes() / 1e6:.2f} MB; the model loads {', '.join(bundle.model_files)}, all listed",
                 f"name {m.name} | task {m.task.value} | format {m.format.value} | precision "
                 f"{m.precision.value} | {len(bundle.labels)} labels | schema v{m.schema_version}",
                 "",

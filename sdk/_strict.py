@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
+from sdk.errors import BundleError, ManifestError
+
 T = TypeVar("T")
+
+
+class UnsafeBundlePathError(ManifestError, BundleError):
+    """A manifest names a path that leaves the bundle directory (``..``, absolute, odd characters).
+
+    Both a ManifestError (the manifest is wrong) and a BundleError (the bundle would read outside
+    itself), so either ``except`` catches it.
+    """
+
+
+class _UnsafePath(ValueError):
+    """Raised by :func:`as_relative_path`; the reader turns it into UnsafeBundlePathError."""
 
 
 class StrictReader:
@@ -67,6 +82,8 @@ class StrictReader:
             return value
         try:
             return convert(value)
+        except _UnsafePath as e:
+            raise UnsafeBundlePathError(f"{self.where}.{key}: {e}") from e
         except (TypeError, ValueError) as e:
             raise self._error(f"{self.where}.{key}: {e}") from e
 
@@ -104,7 +121,59 @@ def as_list(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
     return convert
 
 
+def as_items(value: Any) -> tuple[Any, ...]:
+    return as_list(lambda v: v)(value)
+
+
+def as_int_pair(value: Any) -> tuple[int, int]:
+    items = as_list(as_int)(value)
+    if len(items) != 2:
+        raise ValueError(f"expected [height, width], got {value!r}")
+    return (items[0], items[1])
+
+
 def as_str_dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise TypeError(f"expected a mapping with string keys, got {value!r}")
     return dict(value)
+
+
+def as_relative_path(value: Any) -> str:
+    """A bundle-relative path in plain ``/`` form that cannot leave the bundle directory.
+
+    Raises:
+        TypeError: ``value`` is not a string.
+        ValueError: the path is empty, absolute, has ``..`` or ``.`` parts, is not in
+            canonical form, or holds a backslash or control character (the reader turns this
+            into :class:`UnsafeBundlePathError`).
+    """
+    text = as_str(value)
+    path = PurePosixPath(text)
+    if (
+        not text
+        or path.is_absolute()
+        or any(part in ("..", ".") for part in text.split("/"))
+        or path.as_posix() != text
+        or "\\" in text
+        or any(ord(c) < 32 or c == "\x7f" for c in text)
+    ):
+        raise _UnsafePath(
+            f"{text[:200]!r} must be a path relative to the bundle directory ('name' or 'dir/name': no "
+            "'..', '.', leading '/', backslash or control characters); re-package the bundle"
+        )
+    return text
+
+
+def as_sha256_map(value: Any) -> dict[str, str]:
+    """A ``files`` mapping: bundle-relative path -> lowercase hex sha256.
+
+    Raises:
+        TypeError: not a mapping with string keys.
+        ValueError: a path is unsafe (see :func:`as_relative_path`) or a digest is malformed.
+    """
+    hashes = as_str_dict(value)
+    for name, digest in hashes.items():
+        as_relative_path(name)
+        if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
+            raise ValueError(f"files[{name!r}] must be a 64-character lowercase sha256 hex digest")
+    return hashes

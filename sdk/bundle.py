@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+from sdk._bundle_files import check_inside, check_tree, model_files
 from sdk.errors import BundleError, ManifestError
 from sdk.manifest import MANIFEST_NAME, Manifest
 
@@ -35,11 +36,19 @@ def sha256_tree(path: Path) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Bundle:
-    """An opened, verified bundle: its directory, manifest and labels."""
+    """An opened, verified bundle: its directory, manifest and labels.
+
+    Attributes:
+        model_files: every file the runtime reads to load the model (the model file, OpenVINO
+            ``.bin``, ONNX external data, a SavedModel's directory), all listed in the manifest.
+
+    Immutable: safe to share across threads.
+    """
 
     path: Path
     manifest: Manifest
     labels: tuple[str, ...]
+    model_files: tuple[str, ...] = ()
 
     @property
     def model_path(self) -> Path:
@@ -52,22 +61,32 @@ class Bundle:
     def open(cls, path: str | Path, verify: bool = True) -> Bundle:
         """Open a bundle directory and check it.
 
+        Always checked: the directory holds no symbolic links or special files; the manifest
+        is read within its limits (:meth:`Manifest.load`); every listed file exists inside the
+        directory; and every file the runtime reads for the model is listed.
+
         Args:
             path: the bundle directory (the one holding ``manifest.json``).
-            verify: check the sha256 of every file listed in the manifest.
+            verify: also check the sha256 of every file listed in the manifest.
 
         Raises:
-            BundleError: the directory or a listed file is missing, or a hash does not match.
-            ManifestError: the manifest is missing, malformed or breaks the schema.
+            BundleError: the directory or a listed file is missing, the directory holds a link
+                or special file, a hash does not match, or the model needs a file the manifest
+                does not list (the message names it).
+            ManifestError: the manifest is missing, malformed, beyond the reader's limits or
+                breaks the schema.
+            BackendUnavailableError: an ONNX model may use external data and the ``onnx``
+                package that reads which is not installed.
         """
         path = Path(path)
         if not path.exists():
             raise BundleError(f"{path}: no such bundle directory; check the path or run 'shelfedge export'")
         if not path.is_dir():
             raise BundleError(f"{path}: a bundle is a directory holding {MANIFEST_NAME}, not a file")
+        check_tree(path)
         manifest = Manifest.load(path / MANIFEST_NAME)
         for name, expected in manifest.files.items():
-            file = path / name
+            file = check_inside(path, name)
             if not file.is_file():
                 raise BundleError(f"{path}: file {name!r} listed in the manifest is missing; re-export the bundle")
             if verify:
@@ -77,8 +96,16 @@ class Bundle:
                         f"{path}: {name!r} has sha256 {actual[:12]}…, the manifest says {expected[:12]}…; "
                         "the file was changed or corrupted after export: re-export the bundle or restore it"
                     )
+        needed = model_files(path, manifest.model_file)
+        for name in needed:
+            if name not in manifest.files:
+                raise BundleError(
+                    f"{path}: the model {manifest.model_file!r} loads {name!r}, which the manifest does not list "
+                    "with its sha256, so nothing checks it; re-package the bundle (shelfedge export) so that "
+                    "the manifest lists every file the model needs"
+                )
         labels = _read_labels(path, manifest)
-        return cls(path=path, manifest=manifest, labels=labels)
+        return cls(path=path, manifest=manifest, labels=labels, model_files=needed)
 
 
 def _read_labels(path: Path, manifest: Manifest) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 from sdk import preprocess as pp
 from sdk.bundle import Bundle
 from sdk.enums import ColorOrder, Device, FallbackPolicy, OutputKind, Runtime, Task
-from sdk.errors import ConfigError, InputError
+from sdk.errors import ConfigError, InferenceError, InputError, ManifestError
 from sdk.loading import Model
 from sdk.profiles import HardwareProfile
 from sdk.runtime import SessionInfo
@@ -225,6 +225,7 @@ class ImageClassifier:
             InputError: the image cannot be decoded or is unusable, or ``top_k`` is not a
                 positive integer.
             InferenceError: the runtime failed, or the classifier is closed.
+            ManifestError: the model returns another number of classes than the bundle has labels.
         """
         return self.classify_batch([image], top_k, array_color=array_color)[0]
 
@@ -241,10 +242,13 @@ class ImageClassifier:
             InputError: an image cannot be decoded (the message names which one), the list
                 is empty, or ``top_k`` is not a positive integer.
             InferenceError: the runtime failed, or the classifier is closed.
+            ManifestError: the model returns another number of classes than the bundle has labels.
         """
         if not images:
             raise InputError("classify_batch got no images; pass at least one")
         k_wanted = self._options.top_k if top_k is None else top_k
+        if isinstance(k_wanted, np.integer):
+            k_wanted = int(k_wanted)
         if not is_positive_int(k_wanted):
             raise InputError(f"top_k must be a positive integer, got {k_wanted!r}; pass e.g. top_k=3")
         t0 = time.perf_counter()
@@ -260,10 +264,10 @@ class ImageClassifier:
         t1 = time.perf_counter()
         outputs = self.model.run({self._input.name: batch})
         t2 = time.perf_counter()
-        raw = outputs[self._output.name]
+        raw = self._checked_output(outputs[self._output.name], len(images))
         if self._output.quantization is not None:
             raw = self._output.quantization.dequantize(raw)
-        scores = scores_from_output(raw.reshape(len(images), -1), self._output_kind)
+        scores = scores_from_output(raw, self._output_kind)
         k = min(k_wanted, scores.shape[-1])
         results_idx = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
         t3 = time.perf_counter()
@@ -277,6 +281,31 @@ class ImageClassifier:
             )
             for row, idx in zip(scores, results_idx, strict=True)
         ]
+
+    def _checked_output(self, raw: np.ndarray, batch: int) -> np.ndarray:
+        """The output as (batch, classes), its class count checked against the labels.
+
+        Checked on every call: a manifest whose output shape is dynamic (-1 classes) leaves the
+        count open when the bundle is opened, and a model may answer differently per input.
+
+        Raises:
+            InferenceError: the output cannot be split into ``batch`` rows.
+            ManifestError: the model returns another number of classes than there are labels.
+        """
+        if raw.size == 0 or raw.size % batch:
+            raise InferenceError(
+                f"bundle {self.model.bundle.path}: output {self._output.name!r} has shape {raw.shape} for a batch "
+                f"of {batch}; a classifier output is (batch, classes): re-export the model"
+            )
+        raw = raw.reshape(batch, -1)
+        if self._labels and raw.shape[1] != len(self._labels):
+            raise ManifestError(
+                f"bundle {self.model.bundle.path}: the model returns {raw.shape[1]} scores per image but "
+                f"{self.model.bundle.manifest.labels_file!r} has {len(self._labels)} labels (the manifest's "
+                f"output shape {self._output.shape} leaves the class count open); re-package the bundle with "
+                "one label per output class"
+            )
+        return raw
 
     def _label(self, index: int) -> str:
         return self._labels[index] if index < len(self._labels) else str(index)

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from sdk._json_limits import parse_json_limited, read_json_limited
 from sdk._strict import (
     StrictReader,
     as_float,
     as_int,
+    as_int_pair,
+    as_items,
     as_list,
+    as_relative_path,
+    as_sha256_map,
     as_str,
     as_str_dict,
 )
@@ -36,6 +42,12 @@ from sdk.tensors import Quantization, TensorSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Sane bounds on preprocessing: a model input side, the crop (resize target = size / crop),
+# and normalisation values in 0..255 pixel units.
+MAX_INPUT_SIDE = 4096
+MIN_CROP_FRACTION = 0.25
+MAX_ABS_MEAN = 1e4
+MIN_STD, MAX_STD = 1e-4, 1e4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,14 +70,21 @@ class Preprocessing:
         # Callers may pass lists; store tuples so a manifest equals its JSON round trip.
         for name in ("size", "mean", "std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be [height, width] with positive values, got {self.size}")
-        if not 0.0 < self.crop_fraction <= 1.0:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if len(self.size) != 2 or not all(isinstance(v, int) and 1 <= v <= MAX_INPUT_SIDE for v in self.size):
+            raise ValueError(f"size must be [height, width] with integers from 1 to {MAX_INPUT_SIDE}, got {self.size}")
+        if not MIN_CROP_FRACTION <= self.crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in [{MIN_CROP_FRACTION}, 1], got {self.crop_fraction}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std must have 3 values (one per channel)")
+        # (pixel - mean) / std is tabulated in float32 for pixels 0..255: these bounds keep it finite.
+        if not all(math.isfinite(m) and abs(m) <= MAX_ABS_MEAN for m in self.mean):
+            raise ValueError(f"mean must be finite numbers within ±{MAX_ABS_MEAN:g} (pixel units), got {self.mean}")
         if any(s == 0 for s in self.std):
             raise ValueError(f"std must not contain 0, got {self.std}")
+        if not all(math.isfinite(s) and MIN_STD <= s <= MAX_STD for s in self.std):
+            raise ValueError(
+                f"std must be finite numbers from {MIN_STD:g} to {MAX_STD:g} (pixel units, > 0), got {self.std}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,7 +106,7 @@ class Preprocessing:
         """
         try:
             value = cls(
-                size=r.required("size", _pair),
+                size=r.required("size", as_int_pair),
                 color_order=r.optional("color_order", ColorOrder.RGB, _enum(ColorOrder, "color_order")),
                 resize_mode=r.optional("resize_mode", ResizeMode.SHORTER_SIDE_CROP, _enum(ResizeMode, "resize_mode")),
                 crop_fraction=r.optional("crop_fraction", 0.875, as_float),
@@ -203,9 +222,27 @@ class Manifest:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        """The manifest as JSON text that :meth:`load` reads back.
+
+        Raises:
+            ManifestError: a value is NaN or infinite, or the text breaks the reader's limits.
+        """
+        try:
+            text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        except ValueError as e:
+            raise ManifestError(
+                f"manifest {self.name!r}: {e}; a manifest holds finite numbers only: "
+                "round the value or record null instead"
+            ) from e
+        parse_json_limited(text, lambda message: ManifestError(f"manifest {self.name!r}: {message}"), what="manifest")
+        return text
 
     def save(self, directory: Path) -> Path:
+        """Write ``manifest.json`` into ``directory``.
+
+        Raises:
+            ManifestError: as :meth:`to_json`.
+        """
         path = Path(directory) / MANIFEST_NAME
         path.write_text(self.to_json(), encoding="utf-8")
         return path
@@ -238,14 +275,14 @@ class Manifest:
             task=r.required("task", _enum(Task, "task")),
             format=r.required("format", _enum(ModelFormat, "format")),
             precision=r.required("precision", _enum(Precision, "precision")),
-            model_file=r.required("model_file", _relative_path),
+            model_file=r.required("model_file", as_relative_path),
             inputs=_tensors(r, "inputs"),
             outputs=_tensors(r, "outputs"),
             output_kind=r.required("output_kind", _enum(OutputKind, "output_kind")),
             preprocessing=(Preprocessing.from_reader(preprocessing_reader) if preprocessing_reader else None),
-            labels_file=r.optional("labels_file", None, _relative_path),
+            labels_file=r.optional("labels_file", None, as_relative_path),
             provenance=_provenance(provenance_reader),
-            files=r.required("files", _file_hashes),
+            files=r.required("files", as_sha256_map),
             metrics=r.optional("metrics", {}, as_str_dict),
             kept_in_float=_kept_in_float(r),
             recommendation=RecommendationSpec.from_reader(recommendation_reader) if recommendation_reader else None,
@@ -264,22 +301,18 @@ class Manifest:
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
-        """Read and parse ``manifest.json``.
+        """Read and parse ``manifest.json`` within the limits of :mod:`sdk._json_limits`.
 
         Raises:
-            ManifestError: the file is missing, not JSON, or does not follow the schema.
+            ManifestError: the file is missing, not a regular file, larger than 1 MiB, not
+                JSON, nested too deeply, repeats a key, holds NaN/Infinity or an unbounded
+                number, or does not follow the schema.
         """
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = read_json_limited(path, ManifestError, what="manifest")
         except FileNotFoundError as e:
             raise ManifestError(f"{path}: no manifest; a bundle directory needs {MANIFEST_NAME}") from e
-        except (OSError, UnicodeDecodeError) as e:
-            raise ManifestError(f"{path}: cannot read the manifest: {e}") from e
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}: not valid JSON ({e}); the bundle is corrupted, re-export it") from e
         return cls.from_dict(data, where=str(path))
 
     def with_changes(self, **changes: Any) -> Manifest:
@@ -293,30 +326,6 @@ def _enum(enum_type: Any, what: str) -> Any:
 def _channel_values(value: Any) -> tuple[float, float, float]:
     # The count is checked by Preprocessing itself, with the message a manifest author sees.
     return cast("tuple[float, float, float]", as_list(as_float)(value))
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    items = as_list(as_int)(value)
-    if len(items) != 2:
-        raise ValueError(f"expected [height, width], got {value!r}")
-    return (items[0], items[1])
-
-
-def _relative_path(value: Any) -> str:
-    text = as_str(value)
-    path = Path(text)
-    if path.is_absolute() or ".." in path.parts or not text:
-        raise ValueError(f"{text!r} must be a path relative to the bundle directory")
-    return text
-
-
-def _file_hashes(value: Any) -> dict[str, str]:
-    hashes = as_str_dict(value)
-    for name, digest in hashes.items():
-        _relative_path(name)
-        if not isinstance(digest, str) or len(digest) != 64:
-            raise ValueError(f"files[{name!r}] must be a 64-character sha256 hex digest")
-    return hashes
 
 
 def _tensors(r: StrictReader, key: str) -> tuple[TensorSpec, ...]:
@@ -348,13 +357,9 @@ def _tensors(r: StrictReader, key: str) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def _items(value: Any) -> tuple[Any, ...]:
-    return as_list(lambda v: v)(value)
-
-
 def _provenance(r: StrictReader) -> Provenance:
     steps = []
-    raw_steps: tuple[Any, ...] = r.optional("steps", (), _items)
+    raw_steps: tuple[Any, ...] = r.optional("steps", (), as_items)
     for i, item in enumerate(raw_steps):
         s = StrictReader(item, f"{r.where}.steps[{i}]", ManifestError)
         steps.append(
@@ -380,7 +385,7 @@ def _provenance(r: StrictReader) -> Provenance:
 
 def _kept_in_float(r: StrictReader) -> tuple[KeptInFloat, ...]:
     kept = []
-    raw_kept: tuple[Any, ...] = r.optional("kept_in_float", (), _items)
+    raw_kept: tuple[Any, ...] = r.optional("kept_in_float", (), as_items)
     for i, item in enumerate(raw_kept):
         k = StrictReader(item, f"{r.where}.kept_in_float[{i}]", ManifestError)
         kept.append(

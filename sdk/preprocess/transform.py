@@ -103,7 +103,13 @@ def _plan(pre: Preprocessing, spec: TensorSpec) -> _Plan:
             assert spec.quantization is not None
             values = spec.quantization.quantize(values, dtype.name)
         # (a quantization recorded on a float input means nothing for the pixels: ignored)
-        values = values.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # an overflow is reported just below, as a ConfigError
+            values = values.astype(dtype, copy=False)
+        if dtype.kind == "f" and not np.isfinite(values).all():
+            raise ConfigError(
+                f"{where}: (pixel - mean) / std with mean {tuple(pre.mean)} and std {tuple(pre.std)} "
+                f"overflows {dtype.name} for some pixel values; fix the manifest's preprocessing"
+            )
         tables = tuple(np.ascontiguousarray(values[:, c]) for c in range(channels))
     return _Plan(
         height=height,
