@@ -371,9 +371,8 @@ def _write(
     if cost:
         sections += [report.cost_markdown(cost), "Where brute force stops fitting (p99, this machine):",
                      "\n".join(f"- {v}" for v in verdicts)]  # fmt: skip
-        plot = report.cost_plot(
-            cost, limits, out / "rec_cost.png", title=f"recommend() p99 vs catalogue — {host['cpu']}"
-        )
+        title = f"recommend() p99 vs catalogue — {host['cpu']}, numpy BLAS {payload['blas']}"
+        plot = report.cost_plot(cost, limits, out / "rec_cost.png", title=title, note=f"{where}; a shared machine")
         payload["plot"] = str(plot)
     if ivf:
         sections += ["IVF index (scoring stage only: user vector in, top-k out):", report.ivf_markdown(ivf)]
