@@ -1,8 +1,7 @@
 """OpenVINO quantization: fp16 IR, NNCF int8 PTQ and weight compression, sensitivity, ignored scope, budget.
 
-A tiny Keras CNN is exported once per module to an fp32 IR; every test quantizes that IR with a small calibration
-set of smooth random images and checks the result with OpenVINO itself (graph inspection, outputs vs fp32) or
-through ``sdk.load`` after packaging.
+A tiny Keras CNN is exported once per module to an fp32 IR; each test quantizes it with a few smooth random
+images and checks the result with OpenVINO (graph, outputs vs fp32) or through ``sdk.load`` after packaging.
 """
 
 from __future__ import annotations
