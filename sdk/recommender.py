@@ -12,6 +12,7 @@ because numpy has no int8 GEMV and widens the whole table on every call.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -70,6 +71,7 @@ class Recommender:
         # Dequantized once: a float32 GEMV is ~25x faster than int8 x scales in numpy (module doc).
         self._table = items.dequantized()
         self._table.flags.writeable = False
+        self._blas = _limit_blas(self._options.blas_threads)
 
     @classmethod
     def create(cls, bundle: str | Path | Bundle, options: RecommenderOptions | None = None) -> Recommender:
@@ -141,8 +143,10 @@ class Recommender:
 
     @property
     def info(self) -> SessionInfo:
-        """What actually ran the encoder: runtime and version, device, precision, fallback."""
-        return self.model.info
+        """What actually ran the encoder (runtime and version, device, precision, fallback), and in
+        ``details["scoring_blas_threads"]`` the BLAS threads of the scoring product."""
+        info = self.model.info
+        return dataclasses.replace(info, details={**info.details, "scoring_blas_threads": self._blas})
 
     def recommend(
         self,
@@ -189,8 +193,9 @@ class Recommender:
         if category is not None:
             candidates &= self._in_category(category)
         t1 = time.perf_counter()
-        scores = self._encode_and_score(window) if window else self._items.popularity
+        user = self._encode(window) if window else None
         t2 = time.perf_counter()
+        scores = self._score(user) if user is not None else self._items.popularity
         top = _top_k(scores, candidates, k_wanted)
         t3 = time.perf_counter()
         catalogue = self._items.catalogue
@@ -280,16 +285,22 @@ class Recommender:
         mask[members] = True
         return mask
 
-    def _encode_and_score(self, window: Sequence[int]) -> np.ndarray:
+    def _encode(self, window: Sequence[int]) -> np.ndarray:
+        """The user vector for a non-empty window, from the encoder on the runtime."""
         batch = np.zeros((1, self._spec.max_len), np.int32)
         # index + 1, left-padded, newest last: the encoder's input contract (sdk/rec_manifest.py).
         batch[0, self._spec.max_len - len(window) :] = np.asarray(window, np.int32) + 1
         raw = self.model.run({self._input_name: batch})[self._output.name]
         if self._output.quantization is not None:
             raw = self._output.quantization.dequantize(raw)
-        user = raw.reshape(-1).astype(np.float32, copy=False)
+        return raw.reshape(-1).astype(np.float32, copy=False)
+
+    def _score(self, user: np.ndarray) -> np.ndarray:
         scores = self._table @ user
         return scores + self._items.bias if self._items.bias is not None else scores
+
+    def _encode_and_score(self, window: Sequence[int]) -> np.ndarray:
+        return self._score(self._encode(window))
 
     def close(self) -> None:
         """Release the runtime session; later calls raise InferenceError. Closing twice is fine."""
@@ -352,6 +363,18 @@ def check_items(bundle: Bundle, spec: RecommendationSpec, items: ItemTable) -> N
             f"catalogue items in {spec.catalogue_file}, the manifest says {spec.n_items} x {spec.dim}; "
             "re-package the bundle"
         )
+
+
+def _limit_blas(threads: int | None) -> str:
+    """Cap numpy's BLAS pool process-wide (the scoring product); what was done, for what-ran-where."""
+    if threads is None:
+        return "numpy default"
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return f"{threads} asked, not applied: threadpoolctl is not installed (pip install threadpoolctl)"
+    threadpool_limits(limits=threads, user_api="blas")
+    return f"{threads} (process-wide)"
 
 
 def _ids(values: Iterable[str] | None, what: str) -> list[str]:

@@ -230,6 +230,15 @@ def _rewrite_json(bundle: Bundle, name: str, data: Any) -> None:
     write_bundle(bundle.path, bundle.manifest)  # re-hash: the check under test is the content's
 
 
+def test_recommender_succeeds_with_blas_threads_reported_and_timings_split(onnx_rec: Recommender) -> None:
+    assert onnx_rec.info.details["scoring_blas_threads"] == "1 (process-wide)"
+    result = onnx_rec.recommend(["whole milk", "soda"])
+    t = result.timings
+    assert 0 < t.encode_ms and 0 < t.score_ms and t.encode_ms + t.score_ms <= t.total_ms
+    with pytest.raises(ConfigError, match="blas_threads is 0"):
+        RecommenderOptions(blas_threads=0)
+
+
 def test_recommender_succeeds_with_all_items_when_k_is_larger(onnx_rec: Recommender) -> None:
     result = onnx_rec.recommend(["whole milk", "soda"], k=50)
     assert len(result.items) == N - 2 and result.k_reduced and result.k_requested == 50
