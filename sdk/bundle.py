@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from pathlib import Path
 
 from sdk._bundle_files import check_inside, check_tree, model_files
@@ -11,6 +12,10 @@ from sdk.errors import BundleError, ManifestError
 from sdk.manifest import MANIFEST_NAME, Manifest
 
 _CHUNK = 1 << 20
+# The OpenSSF Model Signing signature (sdk/signing.py): the one file of a bundle the manifest
+# cannot list (it signs the manifest), at exactly this name in the bundle's top directory.
+SIGNATURE_NAME = "model.sig"
+_log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> str:
@@ -54,6 +59,11 @@ class Bundle:
     def model_path(self) -> Path:
         return self.path / self.manifest.model_file
 
+    @property
+    def signature_path(self) -> Path:
+        """Where the bundle's signature is (it may not exist: see :mod:`sdk.signing`)."""
+        return self.path / SIGNATURE_NAME
+
     def size_bytes(self) -> int:
         return sum((self.path / name).stat().st_size for name in self.manifest.files)
 
@@ -85,6 +95,7 @@ class Bundle:
             raise BundleError(f"{path}: a bundle is a directory holding {MANIFEST_NAME}, not a file")
         check_tree(path)
         manifest = Manifest.load(path / MANIFEST_NAME)
+        _check_signature_entry(path, manifest)
         for name, expected in manifest.files.items():
             file = check_inside(path, name)
             if not file.is_file():
@@ -108,6 +119,19 @@ class Bundle:
         return cls(path=path, manifest=manifest, labels=labels, model_files=needed)
 
 
+def _check_signature_entry(path: Path, manifest: Manifest) -> None:
+    if SIGNATURE_NAME in manifest.files:
+        raise BundleError(
+            f"{path}: the manifest lists {SIGNATURE_NAME!r}, the signature file, which signs the manifest and so "
+            "cannot be hashed in it; re-package the bundle (shelfedge export), then sign it (shelfedge sign)"
+        )
+    signature = path / SIGNATURE_NAME
+    if signature.exists() and not signature.is_file():
+        raise BundleError(
+            f"{path}: {SIGNATURE_NAME!r} is not a regular file; remove it and sign the bundle again (shelfedge sign)"
+        )
+
+
 def _read_labels(path: Path, manifest: Manifest) -> tuple[str, ...]:
     if manifest.labels_file is None:
         return ()
@@ -128,12 +152,21 @@ def _read_labels(path: Path, manifest: Manifest) -> tuple[str, ...]:
 def write_bundle(directory: Path, manifest: Manifest) -> Bundle:
     """Hash every file the manifest names, write ``manifest.json`` and reopen the bundle.
 
-    ``manifest.files`` lists the relative paths to hash (values are replaced).
+    ``manifest.files`` lists the relative paths to hash (values are replaced). A signature
+    left from an earlier bundle in ``directory`` no longer holds and is removed: sign again.
 
     Raises:
-        BundleError: a listed file does not exist under ``directory``.
+        BundleError: a listed file does not exist under ``directory``, or a stale signature
+            cannot be removed.
     """
     directory = Path(directory)
+    stale = directory / SIGNATURE_NAME
+    if stale.is_file():
+        try:
+            stale.unlink()
+        except OSError as e:
+            raise BundleError(f"{stale}: cannot remove the previous bundle's signature: {e}; delete it by hand") from e
+        _log.info("%s: removed the previous signature (the bundle changed); sign it again", stale)
     hashes = {}
     for name in manifest.files:
         file = directory / name

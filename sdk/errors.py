@@ -45,3 +45,7 @@ class InferenceError(ShelfedgeError):
 
 class ParityError(ShelfedgeError):
     """A parity or benchmark run could not be carried out (not a failed check)."""
+
+
+class SignatureError(BundleError):
+    """A bundle cannot be signed, or its signature is missing, invalid or by an untrusted key where one is required."""

@@ -1,4 +1,10 @@
-"""``sdk.load``: a verified bundle + a hardware profile -> a running model session."""
+"""``sdk.load``: a verified bundle + a hardware profile -> a running model session.
+
+Every load checks the bundle's hashes, then its signature as the trust policy asks
+(:mod:`sdk.trust`), before any model byte reaches a runtime; what the signature said goes
+into what-ran-where (``SessionInfo.details``), and each load, accepted or refused, is one
+line of the audit log (:mod:`sdk.audit`) when one is configured.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,15 @@ from types import TracebackType
 
 import numpy as np
 
+from sdk.audit import append_audit, audit_log_path, bundle_event
 from sdk.bundle import Bundle
 from sdk.enums import RUNTIMES_FOR_FORMAT, Device, FallbackPolicy, Runtime
-from sdk.errors import ConfigError
+from sdk.errors import ConfigError, ShelfedgeError
 from sdk.profiles import HardwareProfile, RuntimeOptions, load_profile
 from sdk.runtime import BaseSession, SessionInfo, SessionOptions, open_session
+from sdk.signing import SignatureStatus
 from sdk.tensors import TensorSpec
+from sdk.trust import check_signature, enforce, session_details, trust_policy
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,12 +81,18 @@ def plan_load(
 
 
 class Model:
-    """A bundle opened on a runtime: tensors in, tensors out, plus what ran where."""
+    """A bundle opened on a runtime: tensors in, tensors out, plus what ran where.
 
-    def __init__(self, bundle: Bundle, session: BaseSession, plan: LoadPlan) -> None:
+    ``trust`` is what the bundle's signature said when it was loaded (None: not checked).
+    """
+
+    def __init__(
+        self, bundle: Bundle, session: BaseSession, plan: LoadPlan, trust: SignatureStatus | None = None
+    ) -> None:
         self.bundle = bundle
         self.session = session
         self.plan = plan
+        self.trust = trust
 
     @property
     def info(self) -> SessionInfo:
@@ -115,20 +130,63 @@ def load(
     fallback: FallbackPolicy | str | None = None,
     threads: int | None = None,
 ) -> Model:
-    """Open a bundle (hashes checked) on the runtime and device the profile or caller asks for.
+    """Open a bundle (hashes and signature checked) on the runtime and device the profile or caller asks for.
+
+    The signature policy (``require_signature``, trusted keys) comes from the profile and the
+    environment (:mod:`sdk.trust`); the audit log from ``$SHELFEDGE_AUDIT_LOG`` or the profile.
 
     Raises:
+        SignatureError: a valid signature by a trusted key is required and the bundle lacks one
+            (unsigned, untrusted key, or a file changed after signing); the message says why.
         BundleError: the bundle is missing or tampered with.
         ManifestError: the manifest breaks the schema or disagrees with the model file.
         ProfileError: the profile is unknown or malformed.
-        ConfigError: the runtime cannot open this bundle's format.
+        ConfigError: the runtime cannot open this bundle's format, a trusted key file is not
+            an EC public key, or ``$SHELFEDGE_REQUIRE_SIGNATURE`` is not a yes/no value.
         BackendUnavailableError: the runtime is not installed, or the device is absent under
             a strict fallback policy.
         InferenceError: the runtime could not load the model file.
     """
-    opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     chosen_profile = load_profile(profile) if isinstance(profile, (str, Path)) else profile
-    plan = plan_load(opened, chosen_profile, runtime=runtime, device=device, fallback=fallback, threads=threads)
-    manifest = opened.manifest
-    session = open_session(plan.runtime, opened.model_path, manifest.inputs, manifest.outputs, plan.options)
-    return Model(opened, session, plan)
+    audit_log = audit_log_path(chosen_profile)
+    profile_id = chosen_profile.id if chosen_profile else None
+    path = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
+    opened: Bundle | None = None
+    status: SignatureStatus | None = None
+    plan: LoadPlan | None = None
+    try:
+        opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        policy = trust_policy(chosen_profile)
+        status = check_signature(opened, policy)
+        enforce(opened, policy, status)
+        plan = plan_load(opened, chosen_profile, runtime=runtime, device=device, fallback=fallback, threads=threads)
+        manifest = opened.manifest
+        session = open_session(plan.runtime, opened.model_path, manifest.inputs, manifest.outputs, plan.options)
+    except ShelfedgeError as e:
+        refused = bundle_event(
+            "load",
+            "refused",
+            path,
+            bundle_name=opened.manifest.name if opened else None,
+            status=status,
+            profile=profile_id,
+            runtime=plan.runtime.value if plan else None,
+            device=plan.options.device.value if plan else None,
+            error=e,
+        )
+        append_audit(audit_log, refused)
+        raise
+    info = session.info
+    session.info = dataclasses.replace(info, details={**info.details, **session_details(status)})
+    loaded = bundle_event(
+        "load",
+        "loaded",
+        path,
+        bundle_name=opened.manifest.name,
+        status=status,
+        profile=profile_id,
+        runtime=info.runtime.value,
+        device=info.actual_device,
+    )
+    append_audit(audit_log, loaded)
+    return Model(opened, session, plan, trust=status)

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from sdk._strict import StrictReader, as_float, as_int, as_list, as_str
+from sdk._strict import StrictReader, as_bool, as_float, as_int, as_list, as_str
 from sdk.enums import Device, FallbackPolicy, Precision, Runtime
 from sdk.errors import ProfileError
 
@@ -87,6 +87,12 @@ class HardwareProfile:
     budgets: Budgets
     parity: Mapping[Precision, ParityTolerance]
     fallback: FallbackPolicy
+    # Trust (sdk/signing.py, sdk/audit.py): refuse bundles without a valid signature by one of
+    # ``trusted_keys`` (PEM public keys); append one JSON line per load to ``audit_log``. Paths
+    # in the YAML are relative to the profile file; here they are resolved.
+    require_signature: bool = False
+    trusted_keys: tuple[Path, ...] = ()
+    audit_log: Path | None = None
     source: str = ""
 
     def tolerance(self, precision: Precision) -> ParityTolerance:
@@ -106,6 +112,9 @@ class HardwareProfile:
             "budgets": dataclasses.asdict(self.budgets),
             "parity": {p.value: dataclasses.asdict(t) for p, t in self.parity.items()},
             "fallback": self.fallback.value,
+            "require_signature": self.require_signature,
+            "trusted_keys": [str(p) for p in self.trusted_keys],
+            "audit_log": str(self.audit_log) if self.audit_log else None,
         }
 
 
@@ -183,6 +192,9 @@ def load_profile_file(path: Path) -> HardwareProfile:
         budgets=_dataclass_from(budgets, Budgets) if budgets else Budgets(),
         parity=_parity(parity) if parity else {},
         fallback=r.required("fallback", lambda v: FallbackPolicy.parse(v, "fallback")),
+        require_signature=r.optional("require_signature", False, as_bool),
+        trusted_keys=r.optional("trusted_keys", (), as_list(lambda v: _beside(path, v))),
+        audit_log=r.optional("audit_log", None, lambda v: _beside(path, v)),
         source=str(path),
     )
     r.finish()
@@ -191,6 +203,14 @@ def load_profile_file(path: Path) -> HardwareProfile:
     if not profile.precisions:
         raise ProfileError(f"{path}: 'precisions' must list at least one precision")
     return profile
+
+
+def _beside(profile: Path, value: Any) -> Path:
+    """A path from the profile, relative to the profile's own directory unless absolute."""
+    text = as_str(value)
+    if not text:
+        raise ValueError("expected a file path, got an empty string")
+    return Path(os.path.abspath(profile.parent / Path(text).expanduser()))
 
 
 def _size(value: Any) -> tuple[int, int]:

@@ -1,0 +1,392 @@
+"""Signed bundles: OpenSSF Model Signing with an ECDSA key, checked against trusted public keys.
+
+A signature is ``model.sig`` in the bundle's top directory: a Sigstore bundle (DSSE envelope of
+an in-toto statement) written by ``model_signing`` (the OpenSSF reference implementation) with
+its elliptic-key signer. It covers the sha256 of *every* file of the bundle, ``manifest.json``
+included, and nothing is left out but ``model.sig`` itself (no git paths either). The key id is
+the sha256 of the public key's PEM (SubjectPublicKeyInfo), the ``hint`` model_signing records.
+
+``model_signing`` is imported on first use only (it takes ~0.4 s and is the ``trust`` extra), so
+``import sdk`` stays light. Private keys never go into a bundle: :func:`sign_bundle` refuses a
+key file inside the bundle directory and any bundle file holding a PEM private key.
+Every function here is stateless and safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import logging
+import mmap
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sdk._bundle_files import check_tree
+from sdk._json_limits import JsonLimits, parse_json_limited, read_json_limited
+from sdk.bundle import SIGNATURE_NAME, Bundle
+from sdk.errors import BackendUnavailableError, ConfigError, SignatureError
+
+_log = logging.getLogger(__name__)
+# A signature lists one digest per file: 4 MiB holds tens of thousands of them.
+_SIGNATURE_LIMITS = JsonLimits(max_bytes=4 << 20, max_depth=16)
+_SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what model_signing's EC signer accepts
+# PEM headers of a private key ("-----BEGIN PRIVATE KEY-----", "... EC PRIVATE KEY-----", "... ENCRYPTED ...").
+_PRIVATE_PEM = b"PRIVATE KEY-----"
+_INSTALL = "install it with: pip install 'shelfedge[trust]'"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SignatureStatus:
+    """What a bundle's signature says.
+
+    Attributes:
+        signed: the bundle holds a signature file.
+        valid: the signature verifies against one of the trusted keys and covers every file.
+        key_id: the sha256 (hex) of the signing public key's PEM, as the signature names it.
+        reason: why ``valid`` is False (what is wrong and what to do); empty when valid.
+
+    Immutable: safe to share across threads.
+    """
+
+    signed: bool
+    valid: bool
+    key_id: str | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SignedBundle:
+    """The result of :func:`sign_bundle`: where the signature is, by which key, over which files."""
+
+    signature: Path
+    key_id: str
+    files: tuple[str, ...]
+    bundle_name: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyPair:
+    """The files :func:`generate_keypair` wrote."""
+
+    private_key: Path
+    public_key: Path
+    key_id: str
+
+
+def key_id(public_key: Any) -> str:
+    """The id of a ``cryptography`` public key: sha256 (hex) of its PEM, as model_signing's hint."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(pem).hexdigest()
+
+
+def public_key_id(path: str | Path) -> str:
+    """The key id of a PEM public key file (checked to be an EC key model_signing can verify with).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not a PEM public key, or not an EC key on
+            P-256, P-384 or P-521.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = Path(path)
+    data = _read_key_file(path, "public")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: not a PEM public key ({e}); pass the .pub file shelfedge keygen wrote") from e
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _SUPPORTED_CURVES:
+        raise ConfigError(f"{path}: not an ECDSA P-256/P-384/P-521 public key; make one with shelfedge keygen")
+    return key_id(key)
+
+
+def generate_keypair(out_dir: str | Path, name: str = "shelfedge-signing") -> KeyPair:
+    """Write a new ECDSA P-256 key pair: ``<name>.pem`` (private, mode 0600) and ``<name>.pub``.
+
+    Raises:
+        ConfigError: ``name`` is not a plain file name, ``out_dir`` is a bundle, a key file of
+            that name already exists (never overwritten), or the files cannot be written.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out_dir)
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ConfigError(f"key name {name!r} must be a plain file name (no directories, not hidden)")
+    if (out / "manifest.json").exists():
+        raise ConfigError(f"{out} is a bundle directory; private keys never go into a bundle: choose another --out")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pair = KeyPair(private_key=out / f"{name}.pem", public_key=out / f"{name}.pub", key_id=key_id(key.public_key()))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for existing in (pair.private_key, pair.public_key):
+            if existing.exists():
+                raise ConfigError(f"{existing} exists; keys are never overwritten: pick another --name or --out")
+        _write_new(pair.private_key, private_pem, 0o600)
+        _write_new(pair.public_key, public_pem, 0o644)
+    except OSError as e:
+        raise ConfigError(f"cannot write the key pair into {out}: {e}") from e
+    return pair
+
+
+def sign_bundle(bundle_dir: str | Path, private_key: str | Path) -> SignedBundle:
+    """Sign every file of a verified bundle (manifest included) into ``<bundle>/model.sig``.
+
+    The bundle is opened first with every hash checked, so a tampered bundle is never signed.
+    An existing signature is replaced (atomically).
+
+    Raises:
+        SignatureError: the key file is inside the bundle directory, or a bundle file holds a
+            PEM private key.
+        ConfigError: the key file is missing, unreadable, encrypted, or not an EC private key
+            on P-256, P-384 or P-521.
+        BundleError, ManifestError: the bundle fails its integrity checks (:meth:`Bundle.open`).
+        BackendUnavailableError: model-signing is not installed.
+    """
+    root = Path(bundle_dir)
+    key_path = Path(private_key)
+    bundle = Bundle.open(root)
+    if key_path.resolve().is_relative_to(root.resolve()):
+        raise SignatureError(
+            f"{key_path} is inside the bundle {root}; private keys never go into a bundle: move the key "
+            "out of it (and out of anything you ship), then sign again"
+        )
+    for name in _files(root):
+        if _holds_private_key(root / name):
+            raise SignatureError(
+                f"{root}: {name!r} holds a PEM private key; private keys never go into a bundle: remove it "
+                "(and treat that key as leaked), then sign again"
+            )
+    identity = _private_key_id(key_path)
+    model_signing = _model_signing()
+    # Written next to the signature once every file is hashed, then renamed over it: a reader
+    # sees the old signature or the new one, never half of one.
+    partial = root / f".{SIGNATURE_NAME}.partial"
+    try:
+        partial.unlink(missing_ok=True)  # a crashed run's leftover would be signed as a bundle file
+        signer = model_signing.signing.Config().set_hashing_config(_hashing_config(model_signing))
+        signer.use_elliptic_key_signer(private_key=key_path).sign(root.resolve(), partial)
+        os.replace(partial, root / SIGNATURE_NAME)
+    except OSError as e:
+        raise SignatureError(f"{root}: cannot write {SIGNATURE_NAME}: {e}") from e
+    finally:
+        partial.unlink(missing_ok=True)
+    statement = _statement(root / SIGNATURE_NAME)
+    files = tuple(str(r.get("name")) for r in statement.get("predicate", {}).get("resources", ()))
+    return SignedBundle(signature=root / SIGNATURE_NAME, key_id=identity, files=files, bundle_name=bundle.manifest.name)
+
+
+def verify_bundle(bundle_dir: str | Path, trusted_public_keys: Iterable[str | Path]) -> SignatureStatus:
+    """Check a bundle's signature against trusted public keys.
+
+    Valid means: ``model.sig`` is a model_signing signature by one of ``trusted_public_keys``,
+    and the sha256 of every file now in the bundle (``model.sig`` aside) is the one it signed:
+    no file changed, added or removed. Only the bundle's files are hashed here; the manifest's
+    own checks are :meth:`Bundle.open`'s.
+
+    Returns:
+        The status; ``reason`` says why it is not valid (unsigned, untrusted key, a file that
+        changed, a malformed signature) and what to do.
+
+    Raises:
+        ConfigError: a trusted key file is missing, unreadable or not an EC public key.
+        BundleError: the directory is missing or holds a link or special file.
+        BackendUnavailableError: model-signing is not installed.
+    """
+    given = Path(bundle_dir)
+    if not given.is_dir():
+        raise SignatureError(f"{given}: no such bundle directory; check the path")
+    root = given.resolve()  # the bundle may be reached through a link (current -> bundle-v2); not its files
+    check_tree(root)  # before hashing: a FIFO would hang it, a link would lead out of the bundle
+    trusted = {public_key_id(path): Path(path) for path in trusted_public_keys}
+    signature = root / SIGNATURE_NAME
+    if not signature.is_file():
+        return SignatureStatus(
+            signed=False, valid=False, reason=f"no {SIGNATURE_NAME}: the bundle is not signed; sign it (shelfedge sign)"
+        )
+    try:
+        envelope = read_json_limited(signature, _Malformed, _SIGNATURE_LIMITS, "signature")
+        hint = _key_hint(envelope)
+    except _Malformed as e:
+        return SignatureStatus(signed=True, valid=False, reason=f"{e}; sign the bundle again (shelfedge sign)")
+    if not trusted:
+        return SignatureStatus(
+            signed=True, valid=False, key_id=hint, reason="not verified: no trusted public keys were given"
+        )
+    if hint not in trusted:
+        known = ", ".join(k[:16] for k in sorted(trusted))
+        return SignatureStatus(
+            signed=True,
+            valid=False,
+            key_id=hint,
+            reason=f"signed by key {hint[:16]}…, which is not trusted (trusted: {known}); add its public key "
+            "to the trusted keys if you trust it, or have the bundle signed with a trusted key",
+        )
+    return _verify_with(root, signature, hint, trusted[hint])
+
+
+def _verify_with(root: Path, signature: Path, hint: str, public_key: Path) -> SignatureStatus:
+    model_signing = _model_signing()
+    config = model_signing.verifying.Config().set_hashing_config(_hashing_config(model_signing))
+    try:
+        config.use_elliptic_key_verifier(public_key=public_key).verify(root, signature)
+    except Exception as e:  # model_signing raises ValueError, InvalidSignature, KeyError...: all mean "invalid"
+        detail = str(e) or type(e).__name__
+        return SignatureStatus(
+            signed=True,
+            valid=False,
+            key_id=hint,
+            reason=f"the signature does not match the bundle ({detail[:600]}); a file changed, was added or "
+            "removed after signing: restore the bundle as shipped, or re-export and sign it again",
+        )
+    try:
+        ignored = _statement(signature).get("predicate", {}).get("serialization", {}).get("ignore_paths", [])
+    except SignatureError as e:
+        return SignatureStatus(signed=True, valid=False, key_id=hint, reason=str(e))
+    left_out = sorted(set(map(str, ignored)) - {SIGNATURE_NAME})
+    if left_out:
+        return SignatureStatus(
+            signed=True,
+            valid=False,
+            key_id=hint,
+            reason=f"the signature leaves {left_out} out, so nothing checks them; sign the bundle with shelfedge sign",
+        )
+    return SignatureStatus(signed=True, valid=True, key_id=hint)
+
+
+def signature_key_hint(bundle_dir: str | Path) -> SignatureStatus:
+    """Whether a bundle holds a signature, and by which key it says, without verifying it (cheap).
+
+    Raises:
+        Nothing: a malformed signature file is reported in ``reason``.
+    """
+    signature = Path(bundle_dir) / SIGNATURE_NAME
+    if not signature.is_file():
+        return SignatureStatus(signed=False, valid=False, reason=f"no {SIGNATURE_NAME}: the bundle is not signed")
+    try:
+        hint = _key_hint(read_json_limited(signature, _Malformed, _SIGNATURE_LIMITS, "signature"))
+    except _Malformed as e:
+        return SignatureStatus(signed=True, valid=False, reason=str(e))
+    return SignatureStatus(
+        signed=True, valid=False, key_id=hint, reason="not verified: no trusted public keys were given"
+    )
+
+
+class _Malformed(SignatureError):
+    """A signature file that is not a model_signing Sigstore bundle naming its key."""
+
+
+def _key_hint(envelope: Any) -> str:
+    try:
+        hint = envelope["verificationMaterial"]["publicKey"]["hint"]
+    except (KeyError, TypeError) as e:
+        raise _Malformed(
+            f"{SIGNATURE_NAME} is not a key-based model_signing signature (no verificationMaterial.publicKey.hint)"
+        ) from e
+    if not isinstance(hint, str) or len(hint) != 64 or any(c not in "0123456789abcdef" for c in hint):
+        raise _Malformed(f"{SIGNATURE_NAME} names its key with {str(hint)[:80]!r}, not a sha256 key id")
+    return hint
+
+
+def _statement(signature: Path) -> dict[str, Any]:
+    """The in-toto statement a signature signed (its files and how they were hashed)."""
+    envelope = read_json_limited(signature, _Malformed, _SIGNATURE_LIMITS, "signature")
+    try:
+        payload = base64.b64decode(envelope["dsseEnvelope"]["payload"], validate=True).decode("utf-8")
+    except (KeyError, TypeError, binascii.Error, UnicodeDecodeError) as e:
+        raise _Malformed(f"{signature}: the signed payload cannot be read ({e})") from e
+    statement = parse_json_limited(payload, _Malformed, _SIGNATURE_LIMITS, "signed statement")
+    if not isinstance(statement, dict):
+        raise _Malformed(f"{signature}: the signed payload is not an in-toto statement")
+    return statement
+
+
+def _hashing_config(model_signing: Any) -> Any:
+    # Explicit, not guessed from the signature: sha256 per file, no links, and only the signature
+    # itself left out (model_signing's default also leaves .git*/.github out: not in a bundle).
+    return (
+        model_signing.hashing.Config()
+        .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
+        .set_ignored_paths(paths=[SIGNATURE_NAME], ignore_git_paths=False)
+    )
+
+
+def _model_signing() -> Any:
+    try:
+        import model_signing.hashing
+        import model_signing.signing
+        import model_signing.verifying
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"signing and verifying bundles needs the model-signing package; {_INSTALL}"
+        ) from e
+    return model_signing
+
+
+def _private_key_id(path: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    data = _read_key_file(path, "private")
+    if os.name == "posix" and os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        _log.warning("%s: the private key is readable by other users; chmod 600 it", path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError as e:
+        raise ConfigError(f"{path}: the private key is encrypted; pass an unencrypted PEM key (mode 0600)") from e
+    except ValueError as e:
+        raise ConfigError(f"{path}: not a PEM private key ({e}); pass the .pem file shelfedge keygen wrote") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in _SUPPORTED_CURVES:
+        raise ConfigError(f"{path}: not an ECDSA P-256/P-384/P-521 private key; make one with shelfedge keygen")
+    return key_id(key.public_key())
+
+
+def _read_key_file(path: Path, kind: str) -> bytes:
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"{path}: the {kind} key is not a regular file")
+        if os.stat(path).st_size > 64 << 10:
+            raise ConfigError(f"{path}: too large for a PEM {kind} key; pass the key file itself")
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such {kind} key file; make a key pair with shelfedge keygen") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {kind} key: {e}") from e
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # the umask may have narrowed (or, for 0600, nothing to widen) the mode
+
+
+def _files(root: Path) -> Iterator[str]:
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_file() and name != SIGNATURE_NAME:
+            yield name
+
+
+def _holds_private_key(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return view.find(_PRIVATE_PEM) >= 0
