@@ -34,14 +34,13 @@ def run(args: argparse.Namespace) -> int:
     keys = [Path(k) for k in args.trust] or list(trust_policy(None).trusted_keys)
     if not keys:
         raise ConfigError(f"no trusted public key: pass --trust PUB.pem (repeatable) or set ${TRUSTED_KEYS_ENV}")
-    name = None
     try:
         status = verify_bundle(args.bundle, keys)
         if status.valid:  # then the manifest's own checks: hashes, every model file listed
-            name = Bundle.open(args.bundle).manifest.name
+            Bundle.open(args.bundle)
     except (BundleError, ManifestError) as e:
         status = SignatureStatus(signed=(Path(args.bundle) / SIGNATURE_NAME).is_file(), valid=False, reason=str(e))
-    event = bundle_event("verify", "valid" if status.valid else "invalid", args.bundle, bundle_name=name, status=status)
+    event = bundle_event("verify", "valid" if status.valid else "invalid", args.bundle, status=status)
     append_audit(audit_log_path(None), event)
     payload = {"bundle": args.bundle, **status.to_dict()}
     if status.valid:

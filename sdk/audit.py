@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sdk.manifest import MANIFEST_NAME
+from sdk.manifest import MANIFEST_NAME, Manifest
 from sdk.profiles import HardwareProfile
 from sdk.signing import SignatureStatus
 
@@ -79,7 +79,7 @@ def bundle_event(
         "event": event,
         "outcome": outcome,
         "bundle": str(Path(bundle_dir).absolute()),
-        "bundle_name": bundle_name,
+        "bundle_name": bundle_name or _manifest_name(bundle_dir),
         "manifest_sha256": manifest_sha256(bundle_dir),
         "signed": status.signed if status else None,
         "signature_valid": status.valid if status else None,
@@ -135,6 +135,14 @@ def _warn_once(path: str, error: BaseException) -> None:
         error,
         AUDIT_LOG_ENV,
     )
+
+
+def _manifest_name(bundle_dir: str | Path) -> str | None:
+    # Read within the manifest reader's limits: the bundle may be the hostile one being refused.
+    try:
+        return Manifest.load(Path(bundle_dir) / MANIFEST_NAME).name
+    except Exception:  # a manifest too broken to name the bundle: the line says null, the load goes on
+        return None
 
 
 def _clip(text: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from sdk._bundle_files import check_tree
 from sdk._json_limits import JsonLimits, parse_json_limited, read_json_limited
-from sdk.bundle import SIGNATURE_NAME, Bundle
+from sdk.bundle import SIGNATURE_NAME, Bundle, sha256_file
 from sdk.errors import BackendUnavailableError, ConfigError, SignatureError
 
 _log = logging.getLogger(__name__)
@@ -248,6 +248,8 @@ def _verify_with(root: Path, signature: Path, hint: str, public_key: Path) -> Si
         config.use_elliptic_key_verifier(public_key=public_key).verify(root, signature)
     except Exception as e:  # model_signing raises ValueError, InvalidSignature, KeyError...: all mean "invalid"
         detail = str(e) or type(e).__name__
+        if detail.startswith("Signature mismatch"):  # the signature holds; the files are not what it signed
+            detail = _file_differences(root, signature)
         return SignatureStatus(
             signed=True,
             valid=False,
@@ -268,6 +270,26 @@ def _verify_with(root: Path, signature: Path, hint: str, public_key: Path) -> Si
             reason=f"the signature leaves {left_out} out, so nothing checks them; sign the bundle with shelfedge sign",
         )
     return SignatureStatus(signed=True, valid=True, key_id=hint)
+
+
+def _file_differences(root: Path, signature: Path) -> str:
+    """Which files differ from the signed ones (called once the signature itself has verified)."""
+    try:
+        resources = _statement(signature).get("predicate", {}).get("resources", [])
+        signed = {str(r["name"]): str(r["digest"]) for r in resources}
+    except (SignatureError, KeyError, TypeError, AttributeError):
+        return "the signed file list cannot be read"
+    present = {name: sha256_file(root / name) for name in _files(root)}
+    parts = [
+        f"{what}: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}"
+        for what, names in (
+            ("changed", sorted(n for n in signed.keys() & present.keys() if signed[n] != present[n])),
+            ("added", sorted(present.keys() - signed.keys())),
+            ("missing", sorted(signed.keys() - present.keys())),
+        )
+        if names
+    ]
+    return "; ".join(parts) or "the files were hashed differently"
 
 
 def signature_key_hint(bundle_dir: str | Path) -> SignatureStatus:

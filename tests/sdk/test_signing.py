@@ -153,7 +153,7 @@ def test_load_fails_with_a_file_swapped_and_its_hash_updated_in_the_manifest(
     (signed / MANIFEST_NAME).write_text(json.dumps(data))
     Bundle.open(signed)  # the hashes agree: only the signature tells
     status = verify_bundle(signed, [keys.public_key])
-    assert status.signed and not status.valid and "model.onnx" in status.reason
+    assert status.signed and not status.valid and "changed: manifest.json, model.onnx" in status.reason
     with pytest.raises(SignatureError, match=r"refused.*does not match"):
         load(signed, _strict(keys.public_key))
     with load(signed, "onnxruntime-cpu") as model:  # not required: loads, and says so
@@ -162,7 +162,7 @@ def test_load_fails_with_a_file_swapped_and_its_hash_updated_in_the_manifest(
 
 def test_load_fails_with_a_file_added_after_signing_under_require_signature(signed: Path, keys: KeyPair) -> None:
     (signed / "extra.bin").write_bytes(b"not signed")
-    with pytest.raises(SignatureError, match="extra.bin"):
+    with pytest.raises(SignatureError, match="added: extra.bin"):
         load(signed, _strict(keys.public_key))
 
 
@@ -266,6 +266,7 @@ def test_audit_log_records_each_load(signed: Path, keys: KeyPair, tmp_path: Path
     assert (ok["runtime"], ok["profile"], ok["reason"]) == ("onnxruntime", "onnxruntime-cpu", None)
     assert ok["device"] and ok["time"].endswith("Z") and ok["pid"] == os.getpid()
     assert refused["error"] == "BundleError" and "labels.txt" in refused["reason"]
+    assert refused["bundle_name"] == "tiny-signed" and refused["manifest_sha256"] == ok["manifest_sha256"]
 
 
 def test_audit_log_records_a_signature_refusal_from_the_environment(
