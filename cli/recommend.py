@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="hardware profile id or YAML path")
     parser.add_argument("--fallback", choices=["strict", "record"], help="override the profile's fallback policy")
     parser.add_argument("--threads", type=int, help="inference threads")
+    parser.add_argument(
+        "--search",
+        choices=("auto", "exact", "ivf"),
+        default="auto",
+        help="exact: score every item; ivf: the bundle's IVF index (approximate); auto (default): ivf when the "
+        "bundle has an index and brute force would miss the profile's p99_recommend_ms",
+    )
+    parser.add_argument("--n-probe", type=int, default=32, help="IVF lists opened per request (default 32)")
     parser.epilog = 'example: shelfedge recommend out/rec/baskets-onnx-fp32 --history "whole milk,yogurt" -k 5 --json'
 
 
@@ -43,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         fallback=args.fallback,
         threads=args.threads,
         k=args.k,
+        search=args.search,
+        n_probe=args.n_probe,
     )
     history = _split(args.history)
     allow = _read_allow(Path(args.allow)) if args.allow else None
@@ -70,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
             ran += f"; FELL BACK: {info.fallback_reason}"
         t = result.timings
         lines = [ran, f"encode {t.encode_ms:.3f} ms, score {t.score_ms:.3f} ms, total {t.total_ms:.3f} ms"]
+        search = f"search {result.search}"
+        if result.search == "ivf":
+            search += f", {result.n_probe} of {result.n_lists} lists"
+        lines.append(f"{search}, {result.candidates:,} items scored ({info.details.get('search', '')})")
         lines += [f"note: {note}" for note in result.notes()]
         return "\n".join(lines) + "\n\n" + (markdown_table(rows) if rows else "(no items left to recommend)")
 

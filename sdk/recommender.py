@@ -4,10 +4,11 @@
 ``Recommender.from_bundle(path, runtime=..., k=...)``; then ``recommend(["whole milk", "yogurt"])``.
 
 The bundle's encoder turns the history into a user vector on the runtime the options choose;
-scoring against the item table, exclusion, the allow-list and top-k run in numpy. The int8 table
-is dequantized once at load: on this project's x86 host a float32 matrix-vector product over
-9,742 x 64 took 0.03 ms against 0.8 ms for int8 x scales per call (1M items: 10.5 vs 48.6 ms),
-because numpy has no int8 GEMV and widens the whole table on every call.
+scoring against the item table, exclusion, the allow-list and top-k run in numpy
+(:mod:`sdk.recommender_search`: every item, or the lists of the bundle's IVF index past the
+latency budget). The int8 table is dequantized once at load: on this project's x86 host a float32
+matrix-vector product over 9,742 x 64 took 0.03 ms against 0.8 ms for int8 x scales per call (1M
+items: 10.5 vs 48.6 ms), because numpy has no int8 GEMV and widens the whole table on every call.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from sdk.enums import Device, FallbackPolicy, Runtime, Task
 from sdk.errors import BundleError, ConfigError, InputError
 from sdk.interactions import Catalogue
 from sdk.loading import Model
-from sdk.profiles import HardwareProfile
+from sdk.profiles import HardwareProfile, load_profile
 from sdk.rec_manifest import RecommendationSpec
-from sdk.recommender_items import ItemTable, read_item_files
+from sdk.recommender_items import ItemTable, index_mismatch, read_item_files
 from sdk.recommender_result import Recommendations, RecommendedItem, RecommenderOptions, RecTimings
+from sdk.recommender_search import Filters, Found, ItemScorer, SearchPlan, budget_of, limit_blas, plan_search
 from sdk.runtime import SessionInfo
 from sdk.task_options import is_positive_int, load_for, options_or_default
 
@@ -48,30 +50,47 @@ class Recommender:
     immutable and may be shared freely.
     """
 
-    def __init__(self, model: Model, items: ItemTable, options: RecommenderOptions | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        items: ItemTable,
+        options: RecommenderOptions | None = None,
+        *,
+        profile: HardwareProfile | None = None,
+    ) -> None:
         """Wrap an opened encoder and its item side; prefer :meth:`create`, which reads both.
 
+        ``profile`` gives ``search="auto"`` its budget (default: ``options.profile`` when it is a
+        loaded profile; :meth:`create` loads one named by id or path).
+
         Raises:
-            ConfigError: the model is not a recommendation bundle (the model is closed first).
-            BundleError: the item table does not fit the encoder or the manifest (model closed).
+            ConfigError: the model is not a recommendation bundle, or ``search="ivf"`` and the
+                bundle has no IVF index (the model is closed first).
+            BundleError: the item table or its index does not fit the encoder or the manifest
+                (model closed).
         """
+        self._options = options if options is not None else RecommenderOptions()
+        if profile is None and isinstance(self._options.profile, HardwareProfile):
+            profile = self._options.profile
         try:
             self._spec = check_encoder(model.bundle)
             check_items(model.bundle, self._spec, items)
+            self._plan = plan_search(
+                self._options.search, self._options.n_probe, n_items=items.n_items, dim=items.dim,
+                index=items.index, budget=budget_of(profile), where=f"bundle {model.bundle.path}",
+            )  # fmt: skip
         except BaseException:
             model.close()
             raise
         self.model = model
         self._items = items
-        self._options = options if options is not None else RecommenderOptions()
         self._input_name = model.bundle.manifest.inputs[0].name
         self._output = model.bundle.manifest.outputs[0]
         self._index = items.catalogue.index_of()
         self._categories = items.catalogue.category_index()
-        # Dequantized once: a float32 GEMV is ~25x faster than int8 x scales in numpy (module doc).
-        self._table = items.dequantized()
-        self._table.flags.writeable = False
-        self._blas = _limit_blas(self._options.blas_threads)
+        # Dequantized once (in IVF list order when indexed): a float32 GEMV is ~25x faster than int8 x scales.
+        self._scorer = ItemScorer(items)
+        self._blas = limit_blas(self._options.blas_threads)
 
     @classmethod
     def create(cls, bundle: str | Path | Bundle, options: RecommenderOptions | None = None) -> Recommender:
@@ -96,8 +115,10 @@ class Recommender:
         spec = check_encoder(opened)
         items = read_item_files(opened.path, spec)
         check_items(opened, spec, items)
-        model = load_for(opened, options)
-        return cls(model, items, options)
+        profile = load_profile(options.profile) if isinstance(options.profile, (str, Path)) else options.profile
+        # The loaded profile goes to load() too: read once, the same for the session and the budget.
+        model = load_for(opened, options if profile is None else dataclasses.replace(options, profile=profile))
+        return cls(model, items, options, profile=profile)
 
     @classmethod
     def from_bundle(
@@ -142,11 +163,17 @@ class Recommender:
         return self._spec
 
     @property
+    def search(self) -> SearchPlan:
+        """The search the options resolved to for this bundle (exact or IVF, and why)."""
+        return self._plan
+
+    @property
     def info(self) -> SessionInfo:
         """What actually ran the encoder (runtime and version, device, precision, fallback), and in
-        ``details["scoring_blas_threads"]`` the BLAS threads of the scoring product."""
+        ``details`` the BLAS threads of the scoring product and the search with its reason."""
         info = self.model.info
-        return dataclasses.replace(info, details={**info.details, "scoring_blas_threads": self._blas})
+        details = {**info.details, "scoring_blas_threads": self._blas, "search": self._plan.reason}
+        return dataclasses.replace(info, details=details)
 
     def recommend(
         self,
@@ -183,25 +210,19 @@ class Recommender:
         k_wanted = self._options.k if k is None else k
         if not is_positive_int(k_wanted):
             raise InputError(f"k must be a positive integer, got {k_wanted!r}; pass e.g. k=10")
-        known, unknown, unknown_count = self._lookup(_ids(history, "history"))
-        if self._spec.kind == "baskets":
-            known = list(dict.fromkeys(reversed(known)))[::-1]  # a set: keep each item's latest place
-        dropped = max(0, len(known) - self._spec.max_len)
-        window = known[dropped:]
+        looked_up, unknown, unknown_count = self._lookup(_ids(history, "history"))
+        known, window = self._window(looked_up)
         # Items dropped from the window are still in the basket: they are excluded too.
-        candidates, unknown_filter = self._candidates(known if exclude_history else [], exclude, allow)
-        if category is not None:
-            candidates &= self._in_category(category)
+        filters, unknown_filter = self._filters(known if exclude_history else [], exclude, allow, category)
         t1 = time.perf_counter()
         user = self._encode(window) if window else None
         t2 = time.perf_counter()
-        scores = self._score(user) if user is not None else self._items.popularity
-        top = _top_k(scores, candidates, k_wanted)
+        found = self._find(user, filters, k_wanted)
         t3 = time.perf_counter()
         catalogue = self._items.catalogue
         items = tuple(
-            RecommendedItem(index=int(i), id=catalogue.ids[i], name=catalogue.names[i], score=float(scores[i]))
-            for i in top
+            RecommendedItem(index=i, id=catalogue.ids[i], name=catalogue.names[i], score=score)
+            for i, score in zip(found.indices.tolist(), found.scores.tolist(), strict=True)
         )
         return Recommendations(
             items=items,
@@ -213,11 +234,12 @@ class Recommender:
             k_reduced=len(items) < k_wanted,
             cold_start=not window,
             history_used=len(window),
-            dropped=dropped,
+            dropped=len(known) - len(window),
             max_len=self._spec.max_len,
             unknown_ids=unknown,
             unknown_count=unknown_count,
             unknown_filter_ids=unknown_filter,
+            **found.fields(),
         )
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
@@ -231,15 +253,16 @@ class Recommender:
             InputError: ``history`` is a single string or holds something that is not a string.
             InferenceError: the runtime failed, or the recommender is closed.
         """
-        window = self._window(self._lookup(_ids(history, "history"))[0])
+        _, window = self._window(self._lookup(_ids(history, "history"))[0])
         if not window:
             return np.asarray(self._items.popularity, np.float32).copy()
-        return np.asarray(self._encode_and_score(window), np.float32)
+        return self._scorer.scores(self._encode(window))
 
-    def _window(self, known: list[int]) -> list[int]:
+    def _window(self, known: list[int]) -> tuple[list[int], list[int]]:
+        """The known items (a basket's repeats counted once) and the most recent ``max_len`` of them."""
         if self._spec.kind == "baskets":
             known = list(dict.fromkeys(reversed(known)))[::-1]  # a set: keep each item's latest place
-        return known[max(0, len(known) - self._spec.max_len) :]
+        return known, known[max(0, len(known) - self._spec.max_len) :]
 
     def _lookup(self, ids: Sequence[str]) -> tuple[list[int], tuple[str, ...], int]:
         known: list[int] = []
@@ -254,36 +277,41 @@ class Recommender:
                 known.append(index)
         return known, tuple(unknown), count
 
-    def _candidates(
-        self, history: Sequence[int], exclude: Iterable[str], allow: Iterable[str] | None
-    ) -> tuple[np.ndarray, tuple[str, ...]]:
-        """A boolean mask of the items that may be returned, and the filter ids not in the catalogue."""
+    def _filters(
+        self, history: Sequence[int], exclude: Iterable[str], allow: Iterable[str] | None, category: str | None
+    ) -> tuple[Filters, tuple[str, ...]]:
+        """What may be returned, and the filter ids not in the catalogue.
+
+        Raises:
+            InputError: as :meth:`recommend` (``exclude`` / ``allow`` / ``category``).
+        """
         excluded, unknown_excluded, _ = self._lookup(_ids(exclude, "exclude"))
-        if allow is None:
-            mask = np.ones(self._items.n_items, bool)
-            unknown_allowed: tuple[str, ...] = ()
-        else:
-            allowed, unknown_allowed, _ = self._lookup(_ids(allow, "allow"))
-            mask = np.zeros(self._items.n_items, bool)
-            mask[allowed] = True
-        mask[list(history)] = False
-        mask[excluded] = False
-        return mask, tuple(dict.fromkeys((*unknown_excluded, *unknown_allowed)))
+        allowed: np.ndarray | None = None
+        unknown_allowed: tuple[str, ...] = ()
+        if allow is not None:
+            allowed_list, unknown_allowed, _ = self._lookup(_ids(allow, "allow"))
+            allowed = np.asarray(allowed_list, np.int64)
+        if category is not None:
+            members = self._categories.get(category) if isinstance(category, str) else None
+            if members is None:
+                known = ", ".join(list(self._categories)[:12]) or "none: this bundle's catalogue has no categories"
+                more = f" (and {len(self._categories) - 12} more)" if len(self._categories) > 12 else ""
+                raise InputError(f"category {category!r} is not in this bundle's catalogue; known: {known}{more}")
+            allowed = members if allowed is None else np.intersect1d(allowed, members)
+        filters = self._scorer.filters([*history, *excluded], allowed)
+        return filters, tuple(dict.fromkeys((*unknown_excluded, *unknown_allowed)))
+
+    def _find(self, user: np.ndarray | None, filters: Filters, k: int) -> Found:
+        """The top ``k`` by the planned search; a cold start ranks by popularity, exactly."""
+        if user is not None and self._plan.search == "ivf":
+            assert self._plan.n_probe is not None  # plan_search sets it for ivf
+            return self._scorer.ivf(user, filters, k, self._plan.n_probe)
+        return self._scorer.exact(user, filters, k)
 
     @property
     def categories(self) -> tuple[str, ...]:
         """The categories the ``category=`` filter accepts (empty when the bundle has none)."""
         return tuple(self._categories)
-
-    def _in_category(self, category: str) -> np.ndarray:
-        members = self._categories.get(category) if isinstance(category, str) else None
-        if members is None:
-            known = ", ".join(list(self._categories)[:12]) or "none: this bundle's catalogue has no categories"
-            more = f" (and {len(self._categories) - 12} more)" if len(self._categories) > 12 else ""
-            raise InputError(f"category {category!r} is not in this bundle's catalogue; known: {known}{more}")
-        mask = np.zeros(self._items.n_items, bool)
-        mask[members] = True
-        return mask
 
     def _encode(self, window: Sequence[int]) -> np.ndarray:
         """The user vector for a non-empty window, from the encoder on the runtime."""
@@ -295,13 +323,6 @@ class Recommender:
             raw = self._output.quantization.dequantize(raw)
         return raw.reshape(-1).astype(np.float32, copy=False)
 
-    def _score(self, user: np.ndarray) -> np.ndarray:
-        scores = self._table @ user
-        return scores + self._items.bias if self._items.bias is not None else scores
-
-    def _encode_and_score(self, window: Sequence[int]) -> np.ndarray:
-        return self._score(self._encode(window))
-
     def close(self) -> None:
         """Release the runtime session; later calls raise InferenceError. Closing twice is fine."""
         self.model.close()
@@ -310,10 +331,7 @@ class Recommender:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
@@ -352,10 +370,10 @@ def check_encoder(bundle: Bundle) -> RecommendationSpec:
 
 
 def check_items(bundle: Bundle, spec: RecommendationSpec, items: ItemTable) -> None:
-    """Refuse an item table that does not match the manifest (already read: a defensive recheck).
+    """Refuse an item table (or its index) that does not match the manifest (already read: a defensive recheck).
 
     Raises:
-        BundleError: naming the table and catalogue files and the sizes that differ.
+        BundleError: naming the table, catalogue or index file and the sizes that differ.
     """
     if (items.n_items, items.dim, len(items.catalogue)) != (spec.n_items, spec.dim, spec.n_items):
         raise BundleError(
@@ -363,18 +381,9 @@ def check_items(bundle: Bundle, spec: RecommendationSpec, items: ItemTable) -> N
             f"catalogue items in {spec.catalogue_file}, the manifest says {spec.n_items} x {spec.dim}; "
             "re-package the bundle"
         )
-
-
-def _limit_blas(threads: int | None) -> str:
-    """Cap numpy's BLAS pool process-wide (the scoring product); what was done, for what-ran-where."""
-    if threads is None:
-        return "numpy default"
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return f"{threads} asked, not applied: threadpoolctl is not installed (pip install threadpoolctl)"
-    threadpool_limits(limits=threads, user_api="blas")
-    return f"{threads} (process-wide)"
+    problem = index_mismatch(spec, items.index)
+    if problem:
+        raise BundleError(f"{bundle.path}: {problem}; re-package the bundle with ivf_lists")
 
 
 def _ids(values: Iterable[str] | None, what: str) -> list[str]:
@@ -387,22 +396,3 @@ def _ids(values: Iterable[str] | None, what: str) -> list[str]:
     if bad:
         raise InputError(f"{what} holds {bad[0]!r} ({type(bad[0]).__name__}); item ids are strings as in the catalogue")
     return ids
-
-
-def _top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` best candidates, best first; ties broken by the lower index."""
-    allowed = np.flatnonzero(candidates)
-    if len(allowed) == 0:
-        return allowed
-    if len(allowed) == len(scores):
-        pool, values = None, scores
-    else:
-        pool, values = allowed, scores[allowed]
-    k = min(k, len(values))
-    if k < len(values):
-        best = np.argpartition(values, len(values) - k)[len(values) - k :]
-    else:
-        best = np.arange(len(values))
-    # lexsort: by score descending, then index ascending, so equal scores order stably.
-    ordered = best[np.lexsort((best, -values[best]))]
-    return ordered if pool is None else pool[ordered]

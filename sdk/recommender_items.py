@@ -8,6 +8,8 @@ Written by the converters (``converters/export/rec_bundle.py``) and read by the
   float32 (n_items,) when the manifest says ``has_bias``, empty otherwise. Read without pickle.
 - ``items.json``: ``{"ids": [...], "names": [...], "popularity": [...]}``, one entry per row, and
   ``"categories": [[...], ...]`` (each item's categories) when the catalogue has them.
+- ``items.ivf.npz``, when the manifest has an ``index``: the IVF index over the table as scored
+  (dequantized, bias folded in; :mod:`sdk.recommender_index`), built by :func:`write_item_files`.
 
 Everything here is immutable (the arrays are read-only) and safe to share across threads.
 """
@@ -25,10 +27,12 @@ import numpy as np
 from sdk.enums import Precision
 from sdk.errors import BundleError, ConfigError
 from sdk.interactions import Catalogue
-from sdk.rec_manifest import RecommendationSpec
+from sdk.rec_manifest import IndexSpec, RecommendationSpec
+from sdk.recommender_index import IvfIndex, build_ivf
 
 _NPZ_KEYS = frozenset({"table", "scales", "bias"})
 _CATALOGUE_KEYS = frozenset({"ids", "names", "popularity", "categories"})
+_SAMPLE_PER_LIST = 256  # k-means training items per list (build_ivf's default)
 _STORED_DTYPE = {Precision.INT8: np.int8, Precision.FP16: np.float16, Precision.FP32: np.float32}
 
 
@@ -42,6 +46,7 @@ class ItemTable:
         table: the table as stored (int8, float16 or float32; read-only).
         scales: int8 per-row scales (float32), None for a float table.
         bias: per-item score bias (float32), None when the bundle has none.
+        index: the IVF index over the table, None when the bundle has none.
     """
 
     catalogue: Catalogue
@@ -49,6 +54,7 @@ class ItemTable:
     table: np.ndarray
     scales: np.ndarray | None
     bias: np.ndarray | None
+    index: IvfIndex | None = None
 
     @property
     def n_items(self) -> int:
@@ -108,7 +114,10 @@ def write_item_files(
     catalogue: Catalogue,
     popularity: np.ndarray,
 ) -> tuple[str, ...]:
-    """Write ``items.npz`` and ``items.json`` for ``spec`` into ``directory``; returns their names.
+    """Write ``items.npz``, ``items.json`` (and ``items.ivf.npz`` when ``spec.index``) into ``directory``.
+
+    The index is built on the table as the recommender scores it (quantized, then dequantized)
+    with its bias, from ``spec.index``'s lists, seed, iterations and sample. Returns the names.
 
     Raises:
         ConfigError: the table, bias, catalogue or popularity do not agree with ``spec`` or
@@ -134,15 +143,42 @@ def write_item_files(
     if catalogue.categories:
         payload["categories"] = [list(c) for c in catalogue.categories]
     (directory / spec.catalogue_file).write_text(json.dumps(payload, ensure_ascii=False) + "\n", encoding="utf-8")
+    if spec.index is not None:
+        scored = dequantize_table(stored, scales if spec.table_precision is Precision.INT8 else None)
+        index = spec.index
+        built = build_ivf(scored, index.n_lists, index.seed, index.iters, bias=bias_array if spec.has_bias else None,
+                          sample=index.sample)  # fmt: skip
+        built.save(directory / index.file)
     return spec.files
 
 
+def index_spec(n_items: int, n_lists: int, *, seed: int = 0, iters: int = 10) -> IndexSpec:
+    """The manifest entry of an IVF index of ``n_lists`` lists over ``n_items`` items (sample recorded).
+
+    k-means trains on 256 items per list (at most all of them), as :func:`build_ivf` does.
+
+    Raises:
+        ConfigError: ``n_lists`` is not an integer in 1..n_items, or seed / iters out of range.
+    """
+    if isinstance(n_lists, bool) or not isinstance(n_lists, int) or not 1 <= n_lists <= n_items:
+        raise ConfigError(
+            f"ivf_lists must be an integer in 1..{n_items} (the catalogue size), got {n_lists!r}; "
+            f"about sqrt(n_items) = {max(1, round(n_items**0.5))} is the usual choice"
+        )
+    try:
+        return IndexSpec(n_lists=n_lists, seed=seed, iters=iters, sample=min(n_items, _SAMPLE_PER_LIST * n_lists))
+    except ValueError as e:
+        raise ConfigError(f"IVF index: {e}") from e
+
+
 def read_item_files(directory: Path, spec: RecommendationSpec) -> ItemTable:
-    """Read and check a bundle's item files against its manifest's ``recommendation`` section.
+    """Read and check a bundle's item files (and its index) against the manifest's ``recommendation`` section.
 
     Raises:
         BundleError: a file cannot be read, holds other arrays or keys, or its shapes and
-            dtypes disagree with the manifest or with each other; the message names the file.
+            dtypes disagree with the manifest or with each other; an index that is not for
+            this table (items, dim) or not what the manifest records (lists, seed,
+            iterations); the message names the file.
     """
     directory = Path(directory)
     npz_path = directory / spec.table_file
@@ -171,7 +207,33 @@ def read_item_files(directory: Path, spec: RecommendationSpec) -> ItemTable:
         table=_frozen(table),
         scales=_frozen(scales.astype(np.float32)) if int8 else None,
         bias=_frozen(bias.astype(np.float32)) if spec.has_bias else None,
+        index=_read_index(directory, spec),
     )
+
+
+def _read_index(directory: Path, spec: RecommendationSpec) -> IvfIndex | None:
+    if spec.index is None:
+        return None
+    index = IvfIndex.load(directory / spec.index.file, n_items=spec.n_items, dim=spec.dim)  # BundleError naming it
+    problem = index_mismatch(spec, index)
+    if problem:
+        raise BundleError(f"{directory}: {problem}; re-package the bundle with ivf_lists so index and manifest agree")
+    return index
+
+
+def index_mismatch(spec: RecommendationSpec, index: IvfIndex | None) -> str | None:
+    """What differs between a loaded index and the manifest's ``recommendation`` section, or None."""
+    recorded = spec.index
+    if index is None:
+        return None if recorded is None else f"{recorded.file}: the manifest lists an index that was not loaded"
+    if recorded is None:
+        return "an IVF index was given but the manifest records none"
+    found = (index.n_items, index.dim, index.n_lists, index.seed, index.iters)
+    expected = (spec.n_items, spec.dim, recorded.n_lists, recorded.seed, recorded.iters)
+    if found == expected:
+        return None
+    what = "{:,} items x {} dims in {} lists (seed {}, {} iterations)"
+    return f"{recorded.file} holds {what.format(*found)}, the manifest says {what.format(*expected)}"
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

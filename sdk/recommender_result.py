@@ -15,6 +15,8 @@ from sdk.profiles import HardwareProfile
 from sdk.runtime import SessionInfo
 from sdk.task_options import check_session_fields, is_positive_int
 
+SEARCHES = ("auto", "exact", "ivf")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RecommenderOptions:
@@ -38,6 +40,15 @@ class RecommenderOptions:
             default 1 keeps the tail short where requests share a few cores: on the 2-core
             development host, with the BLAS pool at its default 2 threads racing the runtime,
             recommend() p99 over 10k items was 9.1 ms against 0.49 ms with 1 thread.
+        search: how recommend() finds the top k (:mod:`sdk.recommender_search`): ``"exact"``
+            scores every item; ``"ivf"`` scores only the ``n_probe`` lists of the bundle's IVF
+            index closest to the user (approximate; the bundle must have an index:
+            ``package_recommender(..., ivf_lists=N)``); ``"auto"`` (default) takes IVF when the
+            bundle has an index and brute force over its catalogue is estimated to exceed the
+            profile's ``budgets.p99_recommend_ms`` (10 ms without one), else exact.
+        n_probe: IVF lists opened per request (more: higher recall, slower); widened by
+            doubling when fewer than k items survive the filters; capped at the index's lists
+            (which is exact).
 
     Raises:
         ConfigError: a field has the wrong type or an unknown value; the message names the
@@ -51,6 +62,8 @@ class RecommenderOptions:
     threads: int | None = None
     k: int = 10
     blas_threads: int | None = 1
+    search: str = "auto"
+    n_probe: int = 32
 
     def __post_init__(self) -> None:
         check_session_fields(self)
@@ -60,6 +73,13 @@ class RecommenderOptions:
             raise ConfigError(
                 f"RecommenderOptions.blas_threads is {self.blas_threads!r}; pass a positive integer or None"
             )
+        if not isinstance(self.search, str) or self.search.lower() not in SEARCHES:
+            raise ConfigError(
+                f"RecommenderOptions.search is {self.search!r}; pass one of {', '.join(map(repr, SEARCHES))}"
+            )
+        object.__setattr__(self, "search", self.search.lower())
+        if not is_positive_int(self.n_probe):
+            raise ConfigError(f"RecommenderOptions.n_probe is {self.n_probe!r}; pass a positive integer such as 32")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -108,6 +128,10 @@ class Recommendations:
         unknown_ids: history ids not in the catalogue (each once, first seen first), ignored;
             ``unknown_count`` counts every occurrence.
         unknown_filter_ids: ``exclude`` / ``allow`` ids not in the catalogue, ignored.
+        search: ``"exact"`` (every eligible item scored) or ``"ivf"`` (the items of ``n_probe``
+            of the index's ``n_lists`` lists); ``candidates`` is how many items were scored.
+        widened: IVF found fewer than k items that pass the filters in the lists first opened,
+            so it opened twice as many, until enough (or all lists, which is exact).
     """
 
     items: tuple[RecommendedItem, ...]
@@ -122,6 +146,16 @@ class Recommendations:
     unknown_ids: tuple[str, ...] = ()
     unknown_count: int = 0
     unknown_filter_ids: tuple[str, ...] = ()
+    search: str = "exact"
+    n_probe: int | None = None
+    n_lists: int | None = None
+    candidates: int = 0
+    widened: bool = False
+
+    @property
+    def approximate(self) -> bool:
+        """The IVF index left lists unopened: an item outside them could have scored higher."""
+        return self.search == "ivf" and self.n_probe is not None and self.n_probe < (self.n_lists or 0)
 
     @property
     def truncated(self) -> bool:
@@ -151,6 +185,16 @@ class Recommendations:
             notes.append(f"only {len(self.items)} item(s) left after the filters, fewer than k={self.k_requested}")
         if self.unknown_filter_ids:
             notes.append("exclude/allow ids not in the catalogue were ignored: " + ", ".join(self.unknown_filter_ids))
+        if self.widened:
+            notes.append(
+                f"fewer than k={self.k_requested} items passed the filters in the IVF lists first opened: "
+                f"widened to {self.n_probe} of {self.n_lists} lists"
+            )
+        if self.approximate:
+            notes.append(
+                f"approximate top-k: IVF index, {self.n_probe} of {self.n_lists} lists opened ({self.candidates:,} "
+                "items scored); search='exact' ranks every item"
+            )
         return tuple(notes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +211,14 @@ class Recommendations:
             "unknown_ids": list(self.unknown_ids),
             "unknown_count": self.unknown_count,
             "unknown_filter_ids": list(self.unknown_filter_ids),
+            "search": {
+                "kind": self.search,
+                "n_probe": self.n_probe,
+                "n_lists": self.n_lists,
+                "candidates": self.candidates,
+                "widened": self.widened,
+                "approximate": self.approximate,
+            },
             "notes": list(self.notes()),
             "ran": self.ran.to_dict(),
         }

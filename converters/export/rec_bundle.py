@@ -5,7 +5,10 @@ newest last -> ``user`` float32 (batch, dim)) goes through the same format steps
 ``package`` as every model (``converters/export/pipeline.py``); then ``items.npz`` (the table
 quantized: int8 with one symmetric scale per row, fp16 or fp32; the item bias) and ``items.json``
 (ids, names, popularity) are added and hashed in the manifest, whose ``recommendation`` section
-records n_items, dim, max_len, kind and table precision (``sdk/rec_manifest.py``). A bundle is
+records n_items, dim, max_len, kind and table precision (``sdk/rec_manifest.py``). With
+``ivf_lists`` an IVF index over the table as scored (``items.ivf.npz``, ``sdk/recommender_index.py``)
+is built once, hashed too and recorded as ``recommendation.index``: ``sdk.Recommender`` then
+scores a few lists of items instead of the whole catalogue past the latency budget. A bundle is
 assembled in a hidden sibling directory and renamed into place, as ``package`` does.
 """
 
@@ -40,7 +43,7 @@ from sdk.errors import ConfigError
 from sdk.interactions import Catalogue
 from sdk.manifest import Step
 from sdk.rec_manifest import KINDS, TABLE_PRECISIONS, RecommendationSpec
-from sdk.recommender_items import write_item_files
+from sdk.recommender_items import index_spec, write_item_files
 
 if TYPE_CHECKING:
     import keras
@@ -66,9 +69,12 @@ def package_recommender(
     steps: Sequence[Step] = (),
     configs: Mapping[ModelFormat, Any] | None = None,
     overwrite: bool = True,
+    ivf_lists: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[ModelFormat, Bundle]:
     """Export ``encoder`` to a recommendation bundle per format, ``out_dir/<name>-<format>-fp32``.
+
+    Returns the reopened, hash-checked bundles by format, in the order exported.
 
     Args:
         encoder: a ``keras.Model``, ``.keras`` file or SavedModel: one (batch, max_len) int32
@@ -87,15 +93,13 @@ def package_recommender(
         steps: lineage steps that made the encoder (training, distillation), recorded first.
         configs: per-format export step configs replacing the defaults.
         overwrite: replace bundles already at the targets (never a directory that is not one).
+        ivf_lists: also build an IVF index of this many lists (1..n_items, about sqrt(n_items);
+            k-means seed 0, 10 iterations, 256 items per list): see ``sdk/recommender_search.py``.
         progress: called with one line per stage.
 
-    Returns:
-        The reopened, hash-checked bundles by format, in the order exported.
-
     Raises:
-        ConfigError: an argument is wrong or does not fit the encoder or the other arguments
-            (shapes, counts, kind, precision, max_len, target taken); raised before any bundle
-            is written.
+        ConfigError: an argument is wrong or does not fit the encoder or the others (shapes, counts,
+            kind, precision, max_len, ivf_lists, target taken), before any bundle is written.
         ConversionError: the encoder cannot be read, or a format step failed.
         BackendUnavailableError: a format's runtime is missing, so its specs cannot be read.
     """
@@ -116,12 +120,14 @@ def package_recommender(
         kind=kind,
         table_precision=precision,
         has_bias=item_bias is not None,
+        index=index_spec(int(table.shape[0]), ivf_lists) if ivf_lists is not None else None,  # after the shape check
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-work-", dir=out_dir) as work_dir:
         work = Path(work_dir)
         (work / "items").mkdir()
         # Written (and so checked) once, before any export; each bundle gets a copy.
+        say("writing the item files" + (f" and a {ivf_lists:,}-list IVF index…" if spec.index else "…"))
         write_item_files(work / "items", spec, table=table, bias=item_bias, catalogue=catalogue, popularity=popularity)
         say("preparing encoder…")
         source = load_source(opened, work / "source", saved_model=any(s.needs_saved_model for s in chosen))
@@ -150,6 +156,9 @@ def _export_one(
 def add_items_from(target: Bundle, source: Bundle) -> Bundle:
     """Give ``target`` (e.g. a quantized copy of an encoder) the item files of recommendation bundle ``source``.
 
+    The IVF index travels with them when ``source`` has one; item files ``target`` had before and
+    ``source`` lacks (an old index) are removed, so the manifest lists exactly what is there.
+
     Raises:
         ConfigError: ``source`` has no item files, or ``target``'s encoder does not fit them
             (input window or output width), or ``target`` is not a recommendation bundle.
@@ -164,7 +173,11 @@ def add_items_from(target: Bundle, source: Bundle) -> Bundle:
     _check_specs(f"{target.path}: {manifest.model_file}", manifest.inputs, manifest.outputs, spec.dim, spec.max_len)
     for file in spec.files:
         shutil.copy2(source.path / file, target.path / file)
-    files = {**manifest.files, **dict.fromkeys(spec.files, "")}
+    stale = set(manifest.recommendation.files if manifest.recommendation else ()) - set(spec.files)
+    for file in stale:
+        (target.path / file).unlink(missing_ok=True)
+    kept = {name: digest for name, digest in manifest.files.items() if name not in stale}
+    files = {**kept, **dict.fromkeys(spec.files, "")}
     return write_bundle(target.path, manifest.with_changes(recommendation=spec, files=files))
 
 

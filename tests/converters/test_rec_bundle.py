@@ -118,6 +118,8 @@ def test_rec_bundle_succeeds_with_float_tables(table: np.ndarray, tmp_path: Path
         ({"max_len": MAX_LEN + 1}, "max_len is 6 but .* takes 5 items"),
         ({"name": "no spaces"}, "name 'no spaces' must start"),
         ({"formats": ("coreml",)}, "choose from"),
+        ({"ivf_lists": 0}, r"ivf_lists must be an integer in 1..9 \(the catalogue size\), got 0"),
+        ({"ivf_lists": 10}, r"ivf_lists must be an integer in 1..9 .* got 10"),
     ],
 )
 def test_rec_bundle_fails_with_wrong_arguments_before_writing(
@@ -175,3 +177,31 @@ def test_rec_bundle_fails_with_a_malformed_recommendation_section(bundles) -> No
         Manifest.from_dict({**data, "files": files})
     with pytest.raises(ManifestError, match="image_classification bundle cannot have a 'recommendation' section"):
         Manifest.from_dict({**data, "task": "image_classification"})
+
+
+def test_rec_bundle_succeeds_with_an_ivf_index_carried_by_add_items_from(bundles, table, tmp_path: Path) -> None:
+    lines: list[str] = []
+    indexed = package_recommender(
+        build_encoder(), table, np.linspace(0, 1, N), CATALOGUE, POPULARITY, out_dir=tmp_path / "ivf", name="ivf",
+        kind="sequences", formats=("onnx",), ivf_lists=3, progress=lines.append,
+    )[ModelFormat.ONNX]  # fmt: skip
+    assert any("3-list IVF index" in line for line in lines)
+    spec = indexed.manifest.recommendation
+    assert spec.index is not None and (spec.index.n_lists, spec.index.seed, spec.index.iters) == (3, 0, 10)
+    assert spec.files == ("items.npz", "items.json", "items.ivf.npz")
+    assert indexed.manifest.files["items.ivf.npz"] == sha256_file(indexed.path / "items.ivf.npz")
+    with Recommender.from_bundle(indexed, runtime="onnxruntime") as rec:
+        assert rec.items.index is not None and rec.items.index.n_lists == 3
+    # A plain encoder copy gets the index with the items; given plain items again, the old index goes.
+    target = Path(shutil.copytree(bundles[ModelFormat.ONNX].path, tmp_path / "copy"))
+    carried = add_items_from(Bundle.open(target), indexed)
+    assert carried.manifest.recommendation == spec and (target / "items.ivf.npz").is_file()
+    plain = add_items_from(carried, bundles[ModelFormat.ONNX])
+    assert plain.manifest.recommendation.index is None and "items.ivf.npz" not in plain.manifest.files
+    assert not (target / "items.ivf.npz").exists()
+    data = _manifest_dict(indexed)
+    with pytest.raises(ManifestError, match="'items.ivf.npz' is not listed in 'files'"):
+        Manifest.from_dict({**data, "files": {k: v for k, v in data["files"].items() if k != "items.ivf.npz"}})
+    with pytest.raises(ManifestError, match="index n_lists 30 exceeds the 9 items"):
+        index = {**data["recommendation"]["index"], "n_lists": 30, "sample": None}
+        Manifest.from_dict({**data, "recommendation": {**data["recommendation"], "index": index}})
