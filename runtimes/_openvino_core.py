@@ -1,5 +1,6 @@
 """OpenVINO plumbing shared by the adapter and its localisation capability: the one Core,
-reading and compiling models, port specs, batch reshapes and precision detection.
+choosing the device and compile config, reading and compiling models, port specs, batch
+reshapes and precision detection.
 
 Private to ``runtimes``; imports OpenVINO only when a function is called.
 """
@@ -9,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtimes._common import load_failed, make_spec, require_file
-from sdk.enums import Precision
-from sdk.errors import InferenceError
+from runtimes._common import accelerator_unavailable, load_failed, make_spec, require_file
+from sdk.enums import Device, Precision
+from sdk.errors import BackendUnavailableError, ConfigError, InferenceError
+from sdk.runtime import SessionOptions
 from sdk.tensors import TensorSpec
 
 NAME = "openvino"
+_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 _QUANTIZED_TYPES = ("i8", "u8")
 _core_cache: list[Any] = []
 
@@ -139,3 +142,58 @@ def precision(model: Any, hint: str | None) -> Precision:
     if hint == "bf16":
         return Precision.MIXED
     return Precision.FP32
+
+
+def pick_device(available: list[str], options: SessionOptions) -> tuple[str, bool, str | None]:
+    """(device to compile for, whether it is the fallback, why) under the profile's fallback policy.
+
+    Raises:
+        BackendUnavailableError: the device is absent and the policy is strict, or the fallback
+            device is absent too.
+    """
+    requested = options.device.value
+    if options.device is Device.AUTO or _present(requested, available):
+        return requested, False, None
+    fallback = (options.fallback_device or Device.CPU).value
+    reason = accelerator_unavailable(
+        options,
+        NAME,
+        f"device {requested} is not available (available devices: {', '.join(available) or 'none'})",
+        f"run on a machine with the {requested} and its driver",
+    )
+    if not _present(fallback, available):
+        raise BackendUnavailableError(
+            f"{NAME}: device {requested} is not available and neither is the fallback device "
+            f"{fallback} (available: {', '.join(available)}); set fallback_device in the profile"
+        )
+    return fallback, True, f"{reason}; ran on {fallback}"
+
+
+def _present(device: str, available: list[str]) -> bool:
+    return any(d == device or d.startswith(device + ".") for d in available)
+
+
+def compile_config(options: SessionOptions, device: str) -> dict[str, Any]:
+    """The compile config the options ask for on ``device``.
+
+    Raises:
+        ConfigError: the performance hint is not one OpenVINO knows.
+    """
+    ro = options.runtime_options
+    config: dict[str, Any] = {}
+    if ro.performance_hint:
+        hint = ro.performance_hint.upper()
+        if hint not in _HINTS:
+            raise ConfigError(f"{NAME}: performance_hint {ro.performance_hint!r} is not one of {', '.join(_HINTS)}")
+        config["PERFORMANCE_HINT"] = hint
+    if ro.threads and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = int(ro.threads)
+    if ro.inference_precision:
+        config["INFERENCE_PRECISION_HINT"] = ro.inference_precision
+    elif device == "CPU":
+        # The CPU plugin defaults to bf16 on CPUs with AMX/AVX512-BF16, which breaks fp32
+        # parity silently; a profile that wants bf16/f16 execution says so explicitly.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if ro.cache_dir:
+        config["CACHE_DIR"] = str(Path(ro.cache_dir).expanduser())
+    return config

@@ -3,6 +3,11 @@
 CPU runs go through the interpreter's default XNNPACK delegate; accelerators (Edge TPU, GPU,
 NNAPI) are external delegates loaded by library path from ``runtime_options.delegate``.
 
+Threads: an ``Interpreter`` runs one call at a time, so a session holds a pool of interpreters
+(``SessionOptions.concurrency``, default 1: a lock), made on demand, each with its own tensor
+arena and XNNPACK threads; a call borrows one and gets copies of its outputs. With an external
+delegate the pool stays at one interpreter: a delegate instance is not shared across interpreters.
+
 Precision is inferred from the tensors: int8/uint8 inputs or quantized int8 tensors with a
 QUANTIZE op -> int8 (int8 weights without one -> dynamic_int8), int16 inputs -> int16x8,
 float16 tensors (fp16 weights) -> fp16, else fp32.
@@ -13,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from runtimes._common import (
     require_single_input,
     with_dynamic_batch,
 )
+from runtimes._pool import Concurrency, PooledSession
 from sdk.enums import Device, Precision, Runtime
 from sdk.errors import InferenceError
 from sdk.runtime import BareStep, BaseSession, Session, SessionInfo, SessionOptions
@@ -174,7 +180,27 @@ def open_session(
     feeds = [(given.name, in_index[spec.name]) for given, spec in zip(inputs, in_specs, strict=True)]
     fetches = [(given.name, out_index[spec.name]) for given, spec in zip(outputs, out_specs, strict=True)]
     # Any batch size runs (the interpreter resizes), whatever the file's batch dim says.
-    return LiteRTSession(interpreter, feeds, fetches, with_dynamic_batch(inputs), with_dynamic_batch(outputs), info)
+    return LiteRTSession(
+        _Worker(interpreter),
+        lambda: _Worker(_load(model_path, [], ro.threads)),  # only with no delegate: the cap keeps one
+        feeds,
+        fetches,
+        with_dynamic_batch(inputs),
+        with_dynamic_batch(outputs),
+        info,
+        policy=_concurrency(bool(delegates)),
+        requested=options.concurrency,
+    )
+
+
+def _concurrency(delegated: bool) -> Concurrency:
+    return Concurrency(
+        worker="LiteRT interpreter",
+        call="Interpreter.invoke",
+        default=1,
+        cap=1 if delegated else None,
+        cap_reason="an external delegate is not shared across interpreters" if delegated else None,
+    )
 
 
 def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
@@ -204,44 +230,52 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
     return f"{info.backend} Interpreter set_tensor/invoke/get_tensor", step
 
 
-class LiteRTSession(BaseSession):
-    """One interpreter; input tensors are resized (and re-allocated) only when a shape changes."""
+class _Worker:
+    """One interpreter and the input shapes it is allocated for; used by one call at a time."""
+
+    def __init__(self, interpreter: Any) -> None:
+        self.interpreter = interpreter
+        # A feed of another shape triggers one resize (and re-allocation) of this interpreter.
+        self.shapes = {d["index"]: tuple(int(x) for x in d["shape"]) for d in interpreter.get_input_details()}
+
+
+class LiteRTSession(PooledSession[_Worker]):
+    """A pool of interpreters (see the module docstring); safe to share across threads."""
 
     def __init__(
         self,
-        interpreter: Any,
+        first: _Worker,
+        make: Callable[[], _Worker],
         feeds: list[tuple[str, int]],
         fetches: list[tuple[str, int]],
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
         info: SessionInfo,
+        *,
+        policy: Concurrency,
+        requested: int | None,
     ) -> None:
-        super().__init__(inputs, outputs, info)
-        self._interpreter = interpreter
+        super().__init__(inputs, outputs, info, policy=policy, requested=requested, make=make, first=first)
         self._feeds = feeds
         self._fetches = fetches
-        # The shape each input is allocated for; a feed of another shape triggers one resize.
-        self._shapes = {d["index"]: tuple(int(x) for x in d["shape"]) for d in interpreter.get_input_details()}
 
-    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        interpreter = self._interpreter
+    def _run_on(self, worker: _Worker, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interpreter = worker.interpreter
         resized = False
         for name, index in self._feeds:
             shape = feed[name].shape
-            if shape != self._shapes[index]:
+            if shape != worker.shapes[index]:
                 interpreter.resize_tensor_input(index, shape, strict=False)
-                self._shapes[index] = shape
+                worker.shapes[index] = shape
                 resized = True
         if resized:
             interpreter.allocate_tensors()
         for name, index in self._feeds:
             interpreter.set_tensor(index, feed[name])
         interpreter.invoke()
-        # get_tensor copies, so results stay valid after the next invoke.
+        # get_tensor copies out of the interpreter's buffers before the worker goes back to the
+        # pool, so a result stays valid whatever the next call on this interpreter does.
         return {name: interpreter.get_tensor(index) for name, index in self._fetches}
-
-    def _close(self) -> None:
-        self._interpreter = None
 
 
 def _load(model_path: Path, delegates: list[Any], threads: int | None) -> Any:

@@ -3,6 +3,12 @@
 Precision is read from the graph (needs the ``onnx`` package, part of the same extra):
 QuantizeLinear / QLinear* / QDQ ops -> int8, ConvInteger / MatMulInteger without them ->
 dynamic_int8, float16 inputs or initializers -> fp16, else fp32.
+
+Threads: ``InferenceSession.run`` is thread-safe (ONNX Runtime guarantees concurrent Run calls
+on one session; each call has its own output buffers), so a session is shared as is: calls from
+several threads run in parallel, at most ``SessionOptions.concurrency`` at once when it is set.
+The DirectML provider is the exception ONNX Runtime documents: one Run at a time, so a session
+with it admits one call at a time.
 """
 
 from __future__ import annotations
@@ -21,10 +27,22 @@ from runtimes._common import (
     require_file,
     require_single_input,
 )
+from runtimes._onnx_layers import layer_outputs
+from runtimes._pool import Concurrency, PooledSession
 from sdk.enums import Device, FallbackPolicy, Precision, Runtime
 from sdk.errors import InferenceError
-from sdk.runtime import BareStep, BaseSession, LayerOutput, Session, SessionInfo, SessionOptions
+from sdk.runtime import BareStep, BaseSession, Session, SessionInfo, SessionOptions
 from sdk.tensors import TensorSpec
+
+__all__ = [
+    "OnnxRuntimeSession",
+    "backend_info",
+    "bare_step",
+    "describe",
+    "layer_outputs",
+    "open_session",
+    "require_backend",
+]
 
 _NAME = "onnxruntime"
 _CPU = "CPUExecutionProvider"
@@ -156,16 +174,7 @@ def open_session(
     in_specs = check_specs(model_path, "input", inputs, model_inputs)
     out_specs = check_specs(model_path, "output", outputs, model_outputs)
     actual = list(session.get_providers())
-    # ORT drops a provider that fails to initialise (e.g. CUDA without cuDNN) with only a log line.
-    dropped = [p for p in providers if p not in actual]
-    if dropped:
-        problem = accelerator_unavailable(
-            options,
-            _NAME,
-            f"execution providers {', '.join(dropped)} failed to initialise (the session has {', '.join(actual)})",
-            "check the accelerator's driver and libraries (CUDA, cuDNN, TensorRT...)",
-        )
-        reason = f"{reason}; {problem}" if reason else problem
+    reason = _dropped_providers(options, providers, actual, reason)
     precision, precision_source = _precision(model_path, model_inputs)
     info = SessionInfo(
         runtime=Runtime.ONNXRUNTIME,
@@ -189,7 +198,41 @@ def open_session(
     )
     feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs, strict=True)]
     fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs, strict=True)]
-    return OnnxRuntimeSession(session, feeds, fetches, inputs, outputs, info)
+    policy = _concurrency(serial="DmlExecutionProvider" in actual)
+    return OnnxRuntimeSession(
+        session, feeds, fetches, inputs, outputs, info, policy=policy, requested=options.concurrency
+    )
+
+
+def _dropped_providers(
+    options: SessionOptions, providers: list[str], actual: list[str], reason: str | None
+) -> str | None:
+    """The fallback reason, extended when ORT dropped a provider that failed to initialise
+    (e.g. CUDA without cuDNN: ORT says so with a log line only).
+
+    Raises:
+        BackendUnavailableError: a provider was dropped and the policy is strict.
+    """
+    dropped = [p for p in providers if p not in actual]
+    if not dropped:
+        return reason
+    problem = accelerator_unavailable(
+        options,
+        _NAME,
+        f"execution providers {', '.join(dropped)} failed to initialise (the session has {', '.join(actual)})",
+        "check the accelerator's driver and libraries (CUDA, cuDNN, TensorRT...)",
+    )
+    return f"{reason}; {problem}" if reason else problem
+
+
+def _concurrency(serial: bool) -> Concurrency:
+    return Concurrency(
+        worker=None,
+        call="InferenceSession.run",
+        default=None,
+        cap=1 if serial else None,
+        cap_reason="the DirectML provider runs one call per session at a time" if serial else None,
+    )
 
 
 def _session_options(threads: int | None, cpu_fallback_disabled: bool) -> Any:
@@ -222,8 +265,8 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
     return "onnxruntime InferenceSession.run", step
 
 
-class OnnxRuntimeSession(BaseSession):
-    """An InferenceSession; outputs are fetched by name in the manifest's order."""
+class OnnxRuntimeSession(PooledSession[Any]):
+    """One InferenceSession shared by every call (thread-safe: module docstring); outputs in the manifest's order."""
 
     def __init__(
         self,
@@ -233,22 +276,22 @@ class OnnxRuntimeSession(BaseSession):
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
         info: SessionInfo,
+        *,
+        policy: Concurrency,
+        requested: int | None,
     ) -> None:
-        super().__init__(inputs, outputs, info)
-        self._session = session
+        # The "pool" hands every call the same session: it only bounds how many run at once.
+        super().__init__(inputs, outputs, info, policy=policy, requested=requested, make=lambda: session, first=session)
         self._feeds = feeds
         self._fetch_names = [model_name for _, model_name in fetches]
         self._result_names = [given for given, _ in fetches]
         self._renamed = any(a != b for a, b in feeds)
 
-    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_on(self, session: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._renamed:
             feed = {model_name: feed[given] for given, model_name in self._feeds}
-        values = self._session.run(self._fetch_names, feed)
+        values = session.run(self._fetch_names, feed)
         return dict(zip(self._result_names, values, strict=True))
-
-    def _close(self) -> None:
-        self._session = None
 
 
 def _choose_providers(options: SessionOptions, available: list[str]) -> tuple[list[str], list[str], str | None]:
@@ -341,52 +384,3 @@ def _precision(model_path: Path, inputs: list[TensorSpec]) -> tuple[Precision, s
     ):
         return Precision.FP16, "graph initializers"
     return Precision.FP32, "graph ops"
-
-
-_NOT_LAYERS = frozenset({"QuantizeLinear", "DequantizeLinear", "Shape", "Constant", "Cast"})
-_FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
-
-
-def layer_outputs(model_path: Path, feed: Mapping[str, np.ndarray]) -> list[LayerOutput]:
-    """Every float activation of the graph on ``feed``: (tensor name, op type, value), in graph order.
-
-    For localising a parity failure: the model's node outputs are added as graph outputs and
-    it runs on the CPU provider. Q/DQ plumbing and weight-only subgraphs are left out.
-
-    Raises:
-        InferenceError: the model cannot be read or run on ``feed``.
-    """
-    import onnx
-
-    require_file(Path(model_path), _NAME)
-    try:
-        model = onnx.load(str(model_path))
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as e:
-        raise load_failed(Path(model_path), _NAME, e) from e
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
-    }
-    constant = {t.name for t in model.graph.initializer}
-    existing = {o.name for o in model.graph.output}
-    layers = []
-    for node in model.graph.node:
-        if all(i in constant for i in node.input if i):
-            constant.update(node.output)  # weight-side (e.g. DequantizeLinear of int8 weights)
-            continue
-        if node.op_type in _NOT_LAYERS or not node.output:
-            continue
-        name = node.output[0]
-        if types.get(name) not in _FLOAT_TYPES:
-            continue
-        layers.append((name, node.op_type))
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-    ort = _ort()
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=[_CPU])
-        values = session.run([n for n, _ in layers], dict(feed))
-    except Exception as e:
-        raise InferenceError(f"{_NAME}: {model_path} failed on the localisation inputs: {e}") from e
-    return [(name, kind, np.asarray(v)) for (name, kind), v in zip(layers, values, strict=True)]

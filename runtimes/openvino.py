@@ -8,25 +8,35 @@ mixed for a bf16 hint; else fp32.
 
 Capabilities (``sdk.runtime.ADAPTERS``): a bare loop over ``InferRequest.infer``, every
 layer's output (:mod:`runtimes._openvino_layers`) and async infer requests.
+
+Threads: an ``InferRequest`` runs one call at a time ("Infer Request is busy" otherwise), so
+``run`` borrows one from a pool of requests on the one compiled model, made on demand up to
+``SessionOptions.concurrency`` (default: ``runtime_options.num_requests``, else the compiled
+model's OPTIMAL_NUMBER_OF_INFER_REQUESTS: 1 under the LATENCY hint, one per stream under
+THROUGHPUT, where parallel calls also add throughput). Outputs are copied out of the request
+before it goes back. ``run_async`` calls run one at a time, each keeping its requests in flight.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtimes._common import accelerator_unavailable, check_specs, require_single_input, with_dynamic_batch
+from runtimes._common import check_specs, require_single_input, with_dynamic_batch
 from runtimes._openvino_core import (
     NAME,
+    compile_config,
     compile_model,
     compiled_property,
     core,
     full_name,
     ov,
+    pick_device,
     precision,
     read,
     spec,
@@ -34,9 +44,10 @@ from runtimes._openvino_core import (
     with_batch,
 )
 from runtimes._openvino_layers import layer_outputs
-from sdk.enums import Device, Runtime
-from sdk.errors import BackendUnavailableError, ConfigError, InferenceError, InputError
-from sdk.runtime import BareStep, BaseSession, Session, SessionInfo, SessionOptions
+from runtimes._pool import Concurrency, PooledSession, WorkerPool
+from sdk.enums import Runtime
+from sdk.errors import ConfigError, InferenceError, InputError
+from sdk.runtime import BareStep, Session, SessionInfo, SessionOptions
 from sdk.tensors import TensorSpec, check_feed
 
 __all__ = [
@@ -50,7 +61,6 @@ __all__ = [
     "require_backend",
 ]
 
-_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 # Other batch sizes of a static model each get their own compiled copy; a few at most.
 _MAX_VARIANTS = 4
 
@@ -120,8 +130,8 @@ def open_session(
     in_specs = check_specs(model_path, "input", inputs, model_inputs, in_aliases)
     out_specs = check_specs(model_path, "output", outputs, model_outputs, out_aliases)
 
-    target, fell_back, reason = _pick_device(ov_core.available_devices, options)
-    config = _config(options, target)
+    target, fell_back, reason = pick_device(ov_core.available_devices, options)
+    config = compile_config(options, target)
     if target == "NPU":
         # The NPU compiler wants static shapes; other batch sizes get their own compiled copy.
         model = with_batch(model, 1) if static_batch(model) is None else model
@@ -151,6 +161,12 @@ def open_session(
         fallback_reason=reason,
         details=details,
     )
+    optimal = details["optimal_number_of_infer_requests"]
+    policy = Concurrency(
+        worker="OpenVINO infer request",
+        call="InferRequest.infer",
+        default=options.runtime_options.num_requests or max(1, int(optimal or 1)),
+    )
     in_index = {s.name: i for i, s in enumerate(model_inputs)}
     out_index = {s.name: i for i, s in enumerate(model_outputs)}
     feeds = [(given.name, in_index[s.name]) for given, s in zip(inputs, in_specs, strict=True)]
@@ -158,7 +174,15 @@ def open_session(
     state = _Compiled(ov_core, model, target, config, options.runtime_options.num_requests)
     # Any batch size runs (other batches of a static model get their own compiled copy).
     return OpenVINOSession(
-        state, compiled, feeds, fetches, with_dynamic_batch(inputs), with_dynamic_batch(outputs), info
+        state,
+        compiled,
+        feeds,
+        fetches,
+        with_dynamic_batch(inputs),
+        with_dynamic_batch(outputs),
+        info,
+        policy=policy,
+        requested=options.concurrency,
     )
 
 
@@ -206,8 +230,8 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
     return "openvino InferRequest.infer", step
 
 
-class OpenVINOSession(BaseSession):
-    """One reused InferRequest for ``run``; an AsyncInferQueue for ``run_async``."""
+class OpenVINOSession(PooledSession[Any]):
+    """A pool of InferRequests for ``run``, an AsyncInferQueue for ``run_async``; safe to share (module doc)."""
 
     def __init__(
         self,
@@ -218,14 +242,20 @@ class OpenVINOSession(BaseSession):
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
         info: SessionInfo,
+        *,
+        policy: Concurrency,
+        requested: int | None,
     ) -> None:
-        super().__init__(inputs, outputs, info)
+        make = compiled.create_infer_request
+        super().__init__(inputs, outputs, info, policy=policy, requested=requested, make=make, first=make())
         self._state = state
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
         self._static_batch = static_batch(state.model)
-        self._variants: dict[int, Any] = {}
+        # Other batch sizes of a static model: a compiled copy each, with its own pool of requests.
+        self._variants: dict[int, WorkerPool[Any]] = {}
+        self._variants_lock = threading.Lock()
         self._queue: Any = None
+        self._async_lock = threading.Lock()  # one run_async at a time: the queue's callback is per call
         self._feeds = feeds
         self._fetches = fetches
         self._first_input = feeds[0][0] if feeds else ""
@@ -241,14 +271,21 @@ class OpenVINOSession(BaseSession):
         optimal = self.info.details.get("optimal_number_of_infer_requests") or 1
         return self._state.num_requests or int(optimal)
 
-    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request = self._request
-        if self._static_batch is not None and feed[self._first_input].shape[0] != self._static_batch:
-            request = self._variant(feed[self._first_input].shape[0])
-        # share_inputs avoids a copy of the feed; outputs are copied (share_outputs=False) so
-        # they survive the next call.
+    def _run_on(self, request: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # share_inputs avoids a copy of the feed (the caller's, untouched during the call); outputs
+        # are copied (share_outputs=False) before the request goes back to the pool.
         result = request.infer({index: feed[name] for name, index in self._feeds}, share_inputs=True)
         return {name: result[index] for name, index in self._fetches}
+
+    def _pool_for(self, feed: Mapping[str, np.ndarray]) -> WorkerPool[Any]:
+        batch = feed[self._first_input].shape[0] if self._feeds else None
+        if self._static_batch is None or batch == self._static_batch or batch is None:
+            return self._pool
+        return self._variant(batch)
+
+    def _pools(self) -> list[WorkerPool[Any]]:
+        with self._variants_lock:
+            return [self._pool, *self._variants.values()]
 
     def run_async(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Run many feeds through parallel infer requests (throughput mode); results in order.
@@ -258,10 +295,13 @@ class OpenVINOSession(BaseSession):
                 compiled one of a static-batch model (use ``run`` for those).
             InferenceError: the session is closed or a request failed.
         """
-        if self._closed:
-            raise InferenceError("openvino session is closed; open a new one")
         self._check_async_feeds(feeds)
-        queue = self._async_queue()
+        with self._async_lock:
+            if self._closed:
+                raise InferenceError("openvino session is closed; open a new one")
+            return self._run_queue(self._async_queue(), feeds)
+
+    def _run_queue(self, queue: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         results: list[dict[str, np.ndarray]] = [{} for _ in feeds]
         errors: list[BaseException] = []
         fetches = self._fetches
@@ -298,60 +338,24 @@ class OpenVINOSession(BaseSession):
             self._queue = ov().AsyncInferQueue(self._compiled, self.async_requests)
         return self._queue
 
-    def _variant(self, batch: int) -> Any:
-        request = self._variants.get(batch)
-        if request is None:
-            if len(self._variants) >= _MAX_VARIANTS:
-                self._variants.pop(next(iter(self._variants)))
-            state = self._state
-            compiled = compile_model(state.core, with_batch(state.model, batch), state.device, state.config)
-            request = self._variants[batch] = compiled.create_infer_request()
-        return request
+    def _variant(self, batch: int) -> WorkerPool[Any]:
+        # Compiled under the lock: rare, and two threads must not compile the same batch twice.
+        with self._variants_lock:
+            pool = self._variants.get(batch)
+            if pool is None:
+                if len(self._variants) >= _MAX_VARIANTS:
+                    # Calls in flight on the evicted copy finish; its requests go when they do.
+                    self._variants.pop(next(iter(self._variants)))
+                state = self._state
+                compiled = compile_model(state.core, with_batch(state.model, batch), state.device, state.config)
+                what = f"openvino session (batch {batch})"
+                pool = self._variants[batch] = WorkerPool(compiled.create_infer_request, self._limit, what=what)
+        return pool
 
     def _close(self) -> None:
-        self._request = self._queue = self._compiled = None
-        self._variants.clear()
-
-
-def _pick_device(available: list[str], options: SessionOptions) -> tuple[str, bool, str | None]:
-    requested = options.device.value
-    if options.device is Device.AUTO or _present(requested, available):
-        return requested, False, None
-    fallback = (options.fallback_device or Device.CPU).value
-    reason = accelerator_unavailable(
-        options,
-        NAME,
-        f"device {requested} is not available (available devices: {', '.join(available) or 'none'})",
-        f"run on a machine with the {requested} and its driver",
-    )
-    if not _present(fallback, available):
-        raise BackendUnavailableError(
-            f"{NAME}: device {requested} is not available and neither is the fallback device "
-            f"{fallback} (available: {', '.join(available)}); set fallback_device in the profile"
-        )
-    return fallback, True, f"{reason}; ran on {fallback}"
-
-
-def _present(device: str, available: list[str]) -> bool:
-    return any(d == device or d.startswith(device + ".") for d in available)
-
-
-def _config(options: SessionOptions, device: str) -> dict[str, Any]:
-    ro = options.runtime_options
-    config: dict[str, Any] = {}
-    if ro.performance_hint:
-        hint = ro.performance_hint.upper()
-        if hint not in _HINTS:
-            raise ConfigError(f"{NAME}: performance_hint {ro.performance_hint!r} is not one of {', '.join(_HINTS)}")
-        config["PERFORMANCE_HINT"] = hint
-    if ro.threads and device == "CPU":
-        config["INFERENCE_NUM_THREADS"] = int(ro.threads)
-    if ro.inference_precision:
-        config["INFERENCE_PRECISION_HINT"] = ro.inference_precision
-    elif device == "CPU":
-        # The CPU plugin defaults to bf16 on CPUs with AMX/AVX512-BF16, which breaks fp32
-        # parity silently; a profile that wants bf16/f16 execution says so explicitly.
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    if ro.cache_dir:
-        config["CACHE_DIR"] = str(Path(ro.cache_dir).expanduser())
-    return config
+        with self._async_lock:  # a run_async in flight finishes first
+            self._queue = None
+        super()._close()  # waits for the run() calls in flight
+        self._compiled = None
+        with self._variants_lock:
+            self._variants.clear()

@@ -4,6 +4,11 @@ present, else on the CPU in fp32.
 
 Precision is fp32 unless the Keras model computes in float16/bfloat16 (a mixed-precision
 policy on any layer -> mixed) or a SavedModel takes float16 inputs (-> fp16).
+
+Threads: a traced concrete function may be called from several threads at once (TensorFlow's
+eager runtime is thread-safe and every call gets its own output tensors; checked by
+tests/sdk/test_threads.py), so a session is shared as is, at most ``SessionOptions.concurrency``
+calls at once when it is set.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from runtimes._common import (
     require_file,
     require_single_input,
 )
+from runtimes._pool import Concurrency, PooledSession
 from sdk.enums import Device, Precision, Runtime
 from sdk.errors import BackendUnavailableError, InferenceError
 from sdk.runtime import BareStep, BaseSession, Session, SessionInfo, SessionOptions
@@ -130,7 +136,10 @@ def open_session(
     )
     feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs, strict=True)]
     fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs, strict=True)]
-    return TensorFlowSession(loaded, function, device, feeds, fetches, inputs, outputs, info)
+    policy = Concurrency(worker=None, call="the traced concrete function", default=None)
+    return TensorFlowSession(
+        loaded, function, device, feeds, fetches, inputs, outputs, info, policy=policy, requested=options.concurrency
+    )
 
 
 def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
@@ -172,8 +181,8 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
     return description, step
 
 
-class TensorFlowSession(BaseSession):
-    """Calls a traced concrete function (no Keras ``__call__`` overhead, no retracing)."""
+class TensorFlowSession(PooledSession[Any]):
+    """Calls a traced concrete function (no Keras ``__call__`` overhead, no retracing), shared by every call."""
 
     def __init__(
         self,
@@ -185,24 +194,29 @@ class TensorFlowSession(BaseSession):
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
         info: SessionInfo,
+        *,
+        policy: Concurrency,
+        requested: int | None,
     ) -> None:
-        super().__init__(inputs, outputs, info)
+        # The "pool" hands every call the same function: it only bounds how many run at once.
+        super().__init__(
+            inputs, outputs, info, policy=policy, requested=requested, make=lambda: function, first=function
+        )
         self._tf = _tf()
         self._loaded: _Loaded | None = loaded  # a SavedModel's variables live only as long as this object
-        self._function = function
         self._device = device
         self._feeds = feeds
         self._fetches = fetches
 
-    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_on(self, function: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = self._tf
-        with tf.device(self._device):
+        with tf.device(self._device):  # thread-local in TensorFlow: each call sets its own
             tensors = {model: tf.convert_to_tensor(feed[given]) for given, model in self._feeds}
-            result = self._function(**tensors)
+            result = function(**tensors)
         return {given: result[model].numpy() for given, model in self._fetches}
 
     def _close(self) -> None:
-        self._function = None
+        super()._close()  # waits for the calls in flight
         self._loaded = None
 
 

@@ -43,6 +43,13 @@ class ClassifierOptions:
             device and say so in ``info``); default: the profile's, else ``record``.
         threads: inference threads (default: the profile's, else the runtime's own).
         top_k: categories :meth:`ImageClassifier.classify` returns when not told, best first.
+        concurrency: how many calls from different threads may run the model at once on the one
+            shared session; more wait their turn. LiteRT: a pool of up to N interpreters
+            (default 1, a lock); OpenVINO: up to N infer requests on the compiled model (default:
+            the profile's ``num_requests``, else the model's optimal number: 1 under the LATENCY
+            hint, one per stream under THROUGHPUT); ONNX Runtime and TensorFlow: at most N at
+            once (default: no limit, their run is thread-safe). Each interpreter or request is
+            made on first need and holds its own buffers; with ``threads`` each uses that many.
 
     Raises:
         ConfigError: a field has the wrong type or an unknown value; the message names the
@@ -55,6 +62,7 @@ class ClassifierOptions:
     fallback: FallbackPolicy | str | None = None
     threads: int | None = None
     top_k: int = 5
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         check_session_fields(self)
@@ -126,10 +134,16 @@ class ImageClassifier:
     Create with :meth:`create` (options object) or :meth:`from_bundle` (keywords); use as a
     context manager or call :meth:`close`.
 
-    Thread safety: an instance is NOT safe to share across threads today. It holds one
-    runtime session and takes no lock, and LiteRT interpreters and OpenVINO infer requests
-    must not run two calls at once. Give each thread its own classifier, or guard calls
-    with your own lock. Results and options are immutable and may be shared freely.
+    Thread safety: safe to share across threads. ``classify`` and ``classify_batch`` may be
+    called from any number of threads at once on one instance, and each call gets its own
+    answer: decoding, preprocessing, postprocessing and timings are per call, and the one
+    runtime session runs every call on its own interpreter / infer request (LiteRT, OpenVINO:
+    a pool sized by ``ClassifierOptions.concurrency``; a call that finds all busy waits, it
+    never shares one) or on a backend whose run is thread-safe (ONNX Runtime, TensorFlow).
+    ``info.details["concurrency"]`` says which. The default on LiteRT is one interpreter, so
+    threads take turns: raise ``concurrency`` for parallel calls. ``close`` waits for the calls
+    in flight; calls after it, or waiting when it came, raise InferenceError. Results and
+    options are immutable and may be shared freely.
     """
 
     def __init__(self, model: Model, options: ClassifierOptions | None = None) -> None:
@@ -186,6 +200,7 @@ class ImageClassifier:
         fallback: FallbackPolicy | str | None = None,
         threads: int | None = None,
         top_k: int = 5,
+        concurrency: int | None = None,
     ) -> ImageClassifier:
         """The short form of :meth:`create`: the keywords are :class:`ClassifierOptions` fields.
 
@@ -195,7 +210,13 @@ class ImageClassifier:
                 as :meth:`create`.
         """
         options = ClassifierOptions(
-            profile=profile, runtime=runtime, device=device, fallback=fallback, threads=threads, top_k=top_k
+            profile=profile,
+            runtime=runtime,
+            device=device,
+            fallback=fallback,
+            threads=threads,
+            top_k=top_k,
+            concurrency=concurrency,
         )
         return cls.create(path, options)
 

@@ -9,6 +9,11 @@ small protocol the adapter module implements (:class:`BareLoopAdapter`,
 table, :data:`ADAPTERS`. ``sdk`` never imports an adapter at module load: the table names
 modules, imported on first use, so a missing backend fails only when it is asked for, with
 the extra to install.
+
+Threads: every session is safe to share; ``run`` may be called from several threads at once, as
+``SessionInfo.details["concurrency"]`` says (a pool of LiteRT interpreters or OpenVINO infer
+requests sized by :attr:`SessionOptions.concurrency`, a call waiting for a free one, never sharing
+it; ONNX Runtime's and TensorFlow's own thread-safe run). ``close`` waits for the calls in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -74,6 +80,15 @@ class SessionOptions:
     fallback_device: Device | None = Device.CPU
     fallback: FallbackPolicy = FallbackPolicy.RECORD
     runtime_options: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
+    # How many run() calls may execute at once; more wait. None: the adapter's default (LiteRT 1
+    # interpreter; OpenVINO runtime_options.num_requests, else the compiled model's optimal
+    # number of infer requests; ONNX Runtime and TensorFlow no limit, their run is thread-safe).
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        c = self.concurrency
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+            raise ConfigError(f"concurrency is {c!r}; pass a positive integer (calls at once) or None for the default")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,6 +138,15 @@ class Session(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+@runtime_checkable
+class ResizableSession(Session, Protocol):
+    """A session whose concurrency may change once open (every adapter's session is one)."""
+
+    def set_concurrency(self, calls: int | None) -> None:
+        """From now on up to ``calls`` run() calls at once (None: the adapter's default)."""
+        ...
 
 
 # One step of a bare loop: the model on one input tensor, through the backend's own API.
@@ -187,7 +211,8 @@ _PROTOCOLS: dict[Capability, type] = {
 class BaseSession:
     """Shared plumbing: feed checks, closed-state checks, context manager.
 
-    Subclasses set ``info`` and implement ``_run`` (and ``_close`` if they hold resources).
+    Subclasses set ``info`` and implement ``_run`` (and ``_close`` if they hold resources);
+    ``_run`` must be safe to call from several threads at once (see the module docstring).
     """
 
     info: SessionInfo
@@ -197,6 +222,7 @@ class BaseSession:
         self._outputs = list(outputs)
         self.info = info
         self._closed = False
+        self._close_lock = threading.Lock()
 
     def inputs(self) -> list[TensorSpec]:
         return list(self._inputs)
@@ -216,6 +242,8 @@ class BaseSession:
         check_feed(self._inputs, feed, where=f"{self.info.runtime.value} session")
         try:
             return self._run(feed)
+        except InferenceError:
+            raise  # already says what went wrong (e.g. closed while the call waited for a worker)
         except Exception as e:
             raise InferenceError(f"{self.info.runtime.value} failed to run the model: {e}") from e
 
@@ -230,9 +258,12 @@ class BaseSession:
         return self._run(feed)
 
     def close(self) -> None:
-        if not self._closed:
+        """Release the backend once the calls in flight finish; later calls raise InferenceError. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
             self._closed = True
-            self._close()
+        self._close()
 
     def __enter__(self) -> BaseSession:
         return self
@@ -304,31 +335,28 @@ def capability_adapter(runtime: Runtime, capability: Capability) -> ModuleType:
 
 
 def bare_loop_adapter(runtime: Runtime) -> BareLoopAdapter:
-    """The adapter of ``runtime`` as a :class:`BareLoopAdapter` (see :func:`capability_adapter`).
+    """The adapter of ``runtime`` as a :class:`BareLoopAdapter`.
 
     Raises:
-        ConfigError: ``runtime`` has no bare loop.
-        BackendUnavailableError: the backend is missing.
+        ConfigError, BackendUnavailableError: as :func:`capability_adapter` (no bare loop; no backend).
     """
     return cast(BareLoopAdapter, capability_adapter(runtime, Capability.BARE_LOOP))
 
 
 def layer_outputs_adapter(runtime: Runtime) -> LayerOutputsAdapter:
-    """The adapter of ``runtime`` as a :class:`LayerOutputsAdapter` (see :func:`capability_adapter`).
+    """The adapter of ``runtime`` as a :class:`LayerOutputsAdapter`.
 
     Raises:
-        ConfigError: ``runtime`` cannot expose intermediate activations.
-        BackendUnavailableError: the backend is missing.
+        ConfigError, BackendUnavailableError: as :func:`capability_adapter` (no activations; no backend).
     """
     return cast(LayerOutputsAdapter, capability_adapter(runtime, Capability.LAYER_OUTPUTS))
 
 
 def async_adapter(runtime: Runtime) -> AsyncAdapter:
-    """The adapter of ``runtime`` as an :class:`AsyncAdapter` (see :func:`capability_adapter`).
+    """The adapter of ``runtime`` as an :class:`AsyncAdapter`.
 
     Raises:
-        ConfigError: ``runtime`` has no async requests.
-        BackendUnavailableError: the backend is missing.
+        ConfigError, BackendUnavailableError: as :func:`capability_adapter` (no async requests; no backend).
     """
     return cast(AsyncAdapter, capability_adapter(runtime, Capability.ASYNC_REQUESTS))
 

@@ -3,11 +3,14 @@
 ``ClassifierOptions`` and ``RecommenderOptions`` are frozen dataclasses with these fields plus their
 own; their ``__post_init__`` calls :func:`check_session_fields`, which refuses a wrong type or value
 with a :class:`~sdk.errors.ConfigError` naming the options class, the field and what to pass, and
-stores ``runtime``, ``device`` and ``fallback`` as their enums. Stateless; safe across threads.
+stores ``runtime``, ``device`` and ``fallback`` as their enums. An options class with a
+``concurrency`` field (calls that may run at once on the shared session) gets it checked and
+applied too. Stateless; safe across threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +19,7 @@ from sdk.enums import Device, FallbackPolicy, Runtime, _StrEnum
 from sdk.errors import ConfigError
 from sdk.loading import Model, load
 from sdk.profiles import HardwareProfile
+from sdk.runtime import ResizableSession
 
 
 def check_session_fields(options: Any) -> None:
@@ -42,6 +46,12 @@ def check_session_fields(options: Any) -> None:
             f"{owner}.threads is {options.threads!r}; pass a positive integer such as threads=2, "
             "or None for the profile's or runtime's default"
         )
+    concurrency = getattr(options, "concurrency", None)
+    if concurrency is not None and not is_positive_int(concurrency):
+        raise ConfigError(
+            f"{owner}.concurrency is {concurrency!r}; pass a positive integer (how many calls may run at "
+            "once on the shared session, e.g. concurrency=4), or None for the runtime's default"
+        )
 
 
 OptionsT = TypeVar("OptionsT")
@@ -64,8 +74,14 @@ def options_or_default(options: object, kind: type[OptionsT], task: str) -> Opti
 
 
 def load_for(bundle: str | Path | Bundle, options: Any) -> Model:
-    """Open ``bundle`` on the runtime, device and fallback a task's options ask for (see :func:`sdk.load`)."""
-    return load(
+    """Open ``bundle`` on the runtime, device and fallback a task's options ask for (see :func:`sdk.load`),
+    with the session sized to the options' ``concurrency`` when they have one.
+
+    Raises:
+        ConfigError: the session cannot be sized (the model is closed first), or as :func:`sdk.load`.
+        BundleError, ManifestError, ProfileError, BackendUnavailableError, InferenceError: as :func:`sdk.load`.
+    """
+    model = load(
         bundle,
         options.profile,
         runtime=options.runtime,
@@ -73,6 +89,21 @@ def load_for(bundle: str | Path | Bundle, options: Any) -> Model:
         fallback=options.fallback,
         threads=options.threads,
     )
+    concurrency = getattr(options, "concurrency", None)
+    if concurrency is None or model.plan.options.concurrency == concurrency:
+        return model
+    # sdk.load has no concurrency argument: the session is sized once open, before any call.
+    if not isinstance(model.session, ResizableSession):
+        model.close()
+        raise ConfigError(
+            f"the {model.plan.runtime.value} session of {model.bundle.path} cannot be sized to "
+            f"concurrency={concurrency}; leave concurrency=None"
+        )
+    model.session.set_concurrency(concurrency)
+    model.plan = dataclasses.replace(
+        model.plan, options=dataclasses.replace(model.plan.options, concurrency=concurrency)
+    )
+    return model
 
 
 def is_positive_int(value: object) -> bool:
