@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from cli import emit, log
+from sdk.errors import ConfigError
 from sdk.rec_datasets import NAMED, RecDataset, open_rec_dataset
 
 SHAPES = ("mean", "recency", "attention", "last_query", "gru")
@@ -35,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--table-precision", choices=("int8", "fp16", "fp32"), default="int8", help="item table in the bundles"
     )
+    parser.add_argument(
+        "--ivf-lists",
+        type=int,
+        help="also put an IVF index of this many lists in the bundles (about sqrt(items); for catalogues where "
+        "brute force misses the profile's p99_recommend_ms, roughly 150k+ items; default: none)",
+    )
     parser.epilog = "example: shelfedge rec-distill --dataset movielens --shape recency --dim 64 --epochs 8"
 
 
@@ -45,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from converters.training.rec_distill_compare import compare_distillation
 
     dataset = open_rec_dataset(args.dataset, kind=args.kind, seed=args.seed, fallback=args.dataset in NAMED)
+    n_items = dataset.split.n_items
+    if args.ivf_lists is not None and not 1 <= args.ivf_lists <= n_items:  # refused before minutes of training
+        raise ConfigError(f"--ivf-lists {args.ivf_lists}: pass 1..{n_items} (the catalogue), about sqrt(items)")
     baskets = dataset.interactions.kind == "baskets"
     config = DistillRecConfig(
         shape=args.shape or ("mean" if baskets else "recency"),
@@ -71,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
     log(f"[rec-distill] report: {paths['markdown']}")
     payload = comparison.to_dict()
     if not args.no_bundles:
-        bundles = _package(dataset, result.chosen(), out / "bundles", args.table_precision)
+        bundles = _package(dataset, result.chosen(), out / "bundles", args.table_precision, args.ivf_lists)
         payload["bundles"] = {fmt.value: str(bundle.path) for fmt, bundle in bundles.items()}
     emit(args, payload, lambda: comparison.markdown() + f"\nreports: {out}")
     return 0
 
 
-def _package(dataset: RecDataset, chosen: Any, out: Path, precision: str) -> dict:
+def _package(dataset: RecDataset, chosen: Any, out: Path, precision: str, ivf_lists: int | None) -> dict:
     """The chosen student (a ``DistillRecResult``) as LiteRT, OpenVINO and ONNX bundles with its item table."""
     from converters.export.rec_bundle import package_recommender
     from converters.models.rec_student import ENCODER_FILE
@@ -102,6 +112,7 @@ def _package(dataset: RecDataset, chosen: Any, out: Path, precision: str) -> dic
         formats=("tflite", "openvino", "onnx"),
         table_precision=precision,
         max_len=student.max_len,
+        ivf_lists=ivf_lists,
         progress=lambda line: log(f"[rec-distill] {line}"),
     )
     for bundle in bundles.values():
