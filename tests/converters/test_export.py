@@ -281,7 +281,6 @@ def test_load_source_fails_with_non_model_object(tmp_path: Path) -> None:
             {"formats": ["tflite", "coreml"]},
             r"format 'coreml' is not one of.*choose from tflite, openvino, onnx, keras",
         ),
-        ({"formats": ["savedmodel"]}, r"'savedmodel' cannot be exported"),
         ({"name": "my model"}, r"name 'my model' must start"),
         ({"labels": ("apple", "apple", "milk", "tea")}, r"appear more than once"),
         ({"output_kind": OutputKind.EMBEDDING}, r"does not go with output_kind 'embedding'"),
