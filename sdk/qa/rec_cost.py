@@ -8,6 +8,11 @@ contenders of one catalogue size interleaved in blocks whose order rotates
 prepared batch) runs in the same blocks, so ``recommend() - encoder`` is the numpy side's cost
 (scoring, filters, top-k, ids): ``RecTimings.encode_ms`` cannot give it, it includes the scoring.
 
+Past the budget (:func:`measure_search`): the same ``recommend()`` through the SDK on a bundle
+that carries an IVF index (``with_items(..., ivf_lists=N)``, as ``package_recommender`` writes
+it), once per search (exact, and IVF at each ``n_probe``), in the same interleaved blocks; recall@k
+of each against the exact answer to the same call, with a 95 % bootstrap interval over histories.
+
 Synthetic tables: with a real bundle, its rows (and biases) resampled with noise, so norms and
 directions look like a trained table's; without one, a mixture of ~sqrt(n) Gaussian clusters.
 Cost does not depend on the values; an IVF index's recall does, so recall on synthetic tables is
@@ -22,7 +27,6 @@ import hashlib
 import itertools
 import os
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,17 +37,17 @@ from sdk.bundle import Bundle, write_bundle
 from sdk.enums import Precision
 from sdk.errors import ConfigError
 from sdk.interactions import Catalogue
-from sdk.loading import Model
+from sdk.loading import Model, load
 from sdk.qa.bench_stats import LatencyStats, interleaved_blocks, latency_stats
-from sdk.recommender import Recommender
-from sdk.recommender_index import build_ivf
-from sdk.recommender_items import dequantize_table, quantize_table, write_item_files
+from sdk.recommender import Recommender, RecommenderOptions
+from sdk.recommender_items import dequantize_table, index_spec, quantize_table, read_item_files, write_item_files
 
 __all__ = [
     "CostRow",
-    "IvfRow",
+    "SearchRow",
     "encoder_batch",
-    "measure_ivf",
+    "measure_search",
+    "open_searches",
     "quantized",
     "random_histories",
     "synthetic_catalogue",
@@ -84,18 +88,23 @@ class CostRow:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class IvfRow:
-    """The scoring stage (user vector in, top-k out) exact or through an IVF index. Immutable.
+class SearchRow:
+    """recommend() end to end with one search (exact, or IVF at one ``n_probe``). Immutable.
 
-    ``n_probe`` is None for exact brute force. Recall@k is the mean over users of the share of
-    the exact top-k found, with a 95 % bootstrap interval over users.
+    Recall@k is the mean over histories of the share of the exact top-k found (the exact row's
+    is 1), with a 95 % bootstrap interval over histories; ``candidates_mean`` the items scored
+    per call; ``widened`` the share of calls whose probe had to be widened.
     """
 
     n_items: int
-    n_lists: int
+    runtime: str
+    search: str
     n_probe: int | None
+    n_lists: int | None
     candidates_mean: float
+    widened: float
     latency: LatencyStats
+    score_p50_ms: float
     recall: float
     recall_low: float
     recall_high: float
@@ -104,7 +113,7 @@ class IvfRow:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["latency"] = self.latency.to_dict()
-        for key in ("candidates_mean", "recall", "recall_low", "recall_high"):
+        for key in ("candidates_mean", "widened", "score_p50_ms", "recall", "recall_low", "recall_high"):
             data[key] = round(data[key], 4)
         return data
 
@@ -146,24 +155,33 @@ def synthetic_catalogue(n_items: int) -> Catalogue:
 
 
 def with_items(
-    encoder: Bundle, table: np.ndarray, bias: np.ndarray, target: Path, *, items_dir: Path | None = None
+    encoder: Bundle,
+    table: np.ndarray,
+    bias: np.ndarray,
+    target: Path,
+    *,
+    items_dir: Path | None = None,
+    ivf_lists: int | None = None,
 ) -> Bundle:
     """A recommendation bundle at ``target``: ``encoder``'s model files with ``table`` as its items.
 
     The item files are written once into ``items_dir`` (when given, and reused when already
     there) and hard-linked into the bundle (copied where links fail), so the bundles of one size
-    on several formats share them on disk. ``target`` is replaced when it holds a bundle.
+    on several formats share them on disk. ``target`` is replaced when it holds a bundle. With
+    ``ivf_lists`` the items carry an IVF index, built as ``package_recommender`` builds it (an
+    ``items_dir`` then holds the files of one index only: give each index its own).
 
     Raises:
         ConfigError: ``encoder`` is not a recommendation bundle, ``table`` is not (n, its dim),
-            or ``target`` holds something that is not a bundle.
+            ``ivf_lists`` is not in 1..n, or ``target`` holds something that is not a bundle.
     """
     spec = encoder.manifest.recommendation
     if spec is None:
         raise ConfigError(f"{encoder.path}: not a recommendation bundle; pass an encoder bundle with item files")
     if table.ndim != 2 or table.shape[1] != spec.dim:
         raise ConfigError(f"{encoder.path}: a {table.shape} table does not fit its {spec.dim}-dim encoder")
-    new_spec = dataclasses.replace(spec, n_items=len(table), table_precision=Precision.INT8, has_bias=True)
+    index = index_spec(len(table), ivf_lists) if ivf_lists is not None else None
+    new_spec = dataclasses.replace(spec, n_items=len(table), table_precision=Precision.INT8, has_bias=True, index=index)
     source = Path(items_dir) if items_dir is not None else target.parent / f".{target.name}.items"
     if not all((source / f).is_file() for f in new_spec.files):
         source.mkdir(parents=True, exist_ok=True)
@@ -268,115 +286,92 @@ def time_cost(
     return rows
 
 
-def measure_ivf(
-    table: np.ndarray,
-    bias: np.ndarray,
-    users: np.ndarray,
-    histories: Sequence[Sequence[int]],
-    *,
-    n_lists: int,
+def open_searches(
+    bundle: Bundle,
+    runtime: str,
     n_probes: Sequence[int],
-    k: int = 10,
-    seed: int = 0,
-    index_path: Path | None = None,
-    blocks: int = 10,
-    calls_per_block: int = 20,
-    resamples: int = 1000,
-) -> tuple[list[IvfRow], dict[str, Any]]:
-    """Exact top-k vs IVF top-k (history excluded) on the same users: latency and recall@k.
+    *,
+    threads: int | None = None,
+    blas_threads: int | None = 1,
+) -> dict[str, Recommender]:
+    """Recommenders on ``bundle`` (which must carry an IVF index): ``"exact"``, then ``"ivf <n_probe>"`` each.
 
-    Builds the index (``build_ivf``, 10 iterations, 64 training items per list), saves and
-    reloads it when ``index_path`` is given, then times the scoring stage of every variant in
-    interleaved blocks. The IVF path scores a copy of the table kept in list order
-    (``IvfIndex.grouped``/``spans``): ``table[candidates]`` gathers cost 6-9x the product itself
-    on this project's x86 host. Returns the rows (exact first) and the build facts.
+    The item files are read once and shared; each recommender holds its own session and float table.
 
     Raises:
-        ConfigError: users and histories differ in number, or an ``n_probe`` is not in 1..n_lists.
+        ConfigError: the bundle has no IVF index (naming it), or as :meth:`Recommender.create`.
+        BundleError, BackendUnavailableError, InferenceError: as :meth:`Recommender.create`.
     """
-    if len(users) != len(histories) or not len(users):
-        raise ConfigError(f"rec-cost ivf: {len(users)} users for {len(histories)} histories; give one per history")
-    if any(not 1 <= p <= n_lists for p in n_probes):
-        raise ConfigError(f"rec-cost ivf: n_probe values {list(n_probes)} must lie in 1..n_lists ({n_lists})")
-    started = time.perf_counter()
-    index = build_ivf(table, n_lists, seed, 10, bias=bias, sample=min(len(table), 64 * n_lists))
-    built_s = time.perf_counter() - started
-    if index_path is not None:
-        index = type(index).load(index.save(index_path), n_items=len(table), dim=table.shape[1])
-    excluded = [np.asarray(h, np.int64) for h in histories]
+    spec = bundle.manifest.recommendation
+    if spec is None or spec.index is None:
+        raise ConfigError(f"{bundle.path}: no IVF index; write the bundle with with_items(..., ivf_lists=N)")
+    items = read_item_files(bundle.path, spec)
+    opened: dict[str, Recommender] = {}
+    try:
+        for search, probe in [("exact", 1), *(("ivf", p) for p in n_probes)]:
+            options = RecommenderOptions(
+                runtime=runtime, threads=threads, search=search, n_probe=probe, blas_threads=blas_threads
+            )
+            model = load(bundle, runtime=runtime, threads=threads)
+            opened["exact" if search == "exact" else f"ivf {probe}"] = Recommender(model, items, options)
+    except BaseException:
+        for recommender in opened.values():
+            recommender.close()
+        raise
+    return opened
 
-    def exact(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        u, h = pair
-        scores = table @ u + bias
-        scores[h] = -np.inf
-        return _best(scores, k)
 
-    grouped_table, grouped_bias = index.grouped(table), index.grouped(bias)
+def measure_search(
+    recommenders: Mapping[str, Recommender],
+    histories: Sequence[Sequence[str]],
+    *,
+    k: int = 10,
+    blocks: int = 10,
+    calls_per_block: int = 20,
+    warmup: int = 5,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> list[SearchRow]:
+    """recommend() per contender (one search each, one of them exact) on the same histories: latency, recall@k.
 
-    def approximate(pair: tuple[np.ndarray, np.ndarray], n_probe: int) -> tuple[np.ndarray, int]:
-        # The table in list order: each opened list is a contiguous block (no gather of candidate rows).
-        u, h = pair
-        spans = index.spans(u, n_probe)
-        scores = np.concatenate([grouped_table[a:b] @ u + grouped_bias[a:b] for a, b in spans])
-        candidates = np.concatenate([index.order[a:b] for a, b in spans])
-        scores[np.isin(candidates, h)] = -np.inf
-        return candidates[_best(scores, k)], len(candidates)
+    Every contender answers every history once untimed (the answers, items scored, widening,
+    the scoring stage's own time), then all are timed in interleaved blocks.
 
-    pairs = list(zip(users, excluded, strict=True))
-    truth = [exact(pair) for pair in pairs]
-    loops: dict[str, Callable[[], object]] = {"exact": _cycle(exact, pairs)}
-    stats: dict[int, tuple[np.ndarray, float]] = {}
-    for n_probe in n_probes:
-        found = [approximate(pair, n_probe) for pair in pairs]
-        hits = np.array([len(np.intersect1d(top, want)) / k for (top, _), want in zip(found, truth, strict=True)])
-        stats[n_probe] = (hits, float(np.mean([n for _, n in found])))
-        loops[f"n_probe={n_probe}"] = _cycle(functools.partial(approximate, n_probe=n_probe), pairs)
-    timed = interleaved_blocks(loops, blocks=blocks, calls_per_block=calls_per_block, warmup=5)
+    Raises:
+        ConfigError: no contenders or histories, none of them searches exactly, or their
+            catalogues differ in size.
+    """
+    if not recommenders or not histories:
+        raise ConfigError("rec-cost search: give at least one recommender and one history")
+    exact = [label for label, r in recommenders.items() if r.search.search == "exact"]
+    if not exact:
+        raise ConfigError("rec-cost search: one contender must search exactly (the recall reference)")
+    if len({len(r.catalogue) for r in recommenders.values()}) != 1:
+        raise ConfigError("rec-cost search: the contenders must share one catalogue")
+    answers = {label: [r.recommend(h, k) for h in histories] for label, r in recommenders.items()}
+    truth = [set(result.ids) for result in answers[exact[0]]]
+    loops = {label: _cycle(functools.partial(r.recommend, k=k), histories) for label, r in recommenders.items()}
+    timed = interleaved_blocks(loops, blocks=blocks, calls_per_block=calls_per_block, warmup=warmup)
     rng = np.random.default_rng(seed)
-    rows = [_ivf_row(len(table), n_lists, None, float(len(table)), timed["exact"], np.ones(len(users)), rng, resamples)]
-    for n_probe in n_probes:
-        hits, mean_candidates = stats[n_probe]
+    rows = []
+    for label, recommender in recommenders.items():
+        results = answers[label]
+        hits = np.array([len(want & set(r.ids)) / max(1, len(want)) for r, want in zip(results, truth, strict=True)])
+        means = hits[rng.integers(len(hits), size=(resamples, len(hits)))].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        plan = recommender.search
         rows.append(
-            _ivf_row(len(table), n_lists, n_probe, mean_candidates, timed[f"n_probe={n_probe}"], hits, rng, resamples)
-        )
-    sizes = index.list_sizes()
-    facts = {"build_s": round(built_s, 2), "n_lists": n_lists, "list_size_min": int(sizes.min()),
-             "list_size_max": int(sizes.max()), "index_file": str(index_path) if index_path else None}  # fmt: skip
-    return rows, facts
-
-
-def _ivf_row(
-    n_items: int,
-    n_lists: int,
-    n_probe: int | None,
-    candidates: float,
-    samples: list[np.ndarray],
-    hits: np.ndarray,
-    rng: np.random.Generator,
-    resamples: int,
-) -> IvfRow:
-    means = hits[rng.integers(len(hits), size=(resamples, len(hits)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return IvfRow(
-        n_items=n_items,
-        n_lists=n_lists,
-        n_probe=n_probe,
-        candidates_mean=candidates,
-        latency=latency_stats(np.concatenate(samples)),
-        recall=float(hits.mean()),
-        recall_low=float(low),
-        recall_high=float(high),
-        users=len(hits),
-    )
-
-
-def _best(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest finite scores, best first."""
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k == 0:
-        return np.zeros(0, np.int64)
-    top = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
-    return top[np.argsort(-scores[top], kind="stable")]
+            SearchRow(
+                n_items=len(recommender.catalogue), runtime=recommender.info.runtime.value, search=plan.search,
+                n_probe=plan.n_probe, n_lists=plan.n_lists,
+                candidates_mean=float(np.mean([r.candidates for r in results])),
+                widened=float(np.mean([r.widened for r in results])),
+                latency=latency_stats(np.concatenate(timed[label])),
+                score_p50_ms=float(np.median([r.timings.score_ms for r in results])), recall=float(hits.mean()),
+                recall_low=float(low), recall_high=float(high), users=len(hits),
+            )
+        )  # fmt: skip
+    return rows
 
 
 def _cycle(call: Callable[[Any], object], arguments: Sequence[Any]) -> Callable[[], object]:

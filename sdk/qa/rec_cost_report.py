@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sdk.profiles import HardwareProfile, list_profiles
-from sdk.qa.rec_cost import CostRow, IvfRow
+from sdk.qa.rec_cost import CostRow, SearchRow
 from sdk.qa.rec_topk import TopkRow
 
 # The house style of the report plots: the same figure setup, palette and saving (report_plots.py).
 from sdk.qa.report_plots import _COLOURS, _figure, _save
+from sdk.recommender_search import brute_force_ms
 
 __all__ = [
     "blas_pools",
@@ -28,7 +29,8 @@ __all__ = [
     "cpu_detail",
     "crossings",
     "faster_paths",
-    "ivf_markdown",
+    "search_markdown",
+    "search_verdicts",
     "topk_markdown",
 ]
 
@@ -97,19 +99,52 @@ def _round(n: float) -> int:
     return int(round(n, -digits))
 
 
-def ivf_markdown(rows: Sequence[IvfRow]) -> str:
-    """Exact vs IVF scoring stage: candidates scored, p50/p99, recall@10 with its 95 % interval."""
+def search_markdown(rows: Sequence[SearchRow]) -> str:
+    """recommend() end to end, exact vs IVF: items scored, p50/p99, scoring stage, recall@10 with its 95 % interval."""
     lines = [
-        "| items | search | lists | candidates | p50 ms | p99 ms | recall@10 | 95% CI | users |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| items | runtime | search | lists | items scored | p50 ms | p99 ms | score p50 ms | recall@10 | 95% CI | "
+        "widened | histories |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        how = "exact (brute force)" if r.n_probe is None else f"IVF n_probe={r.n_probe}"
+        how = "exact" if r.search == "exact" else f"IVF n_probe={r.n_probe}"
+        lists = f"{r.n_lists:,}" if r.n_lists else "-"
         lines.append(
-            f"| {r.n_items:,} | {how} | {r.n_lists:,} | {r.candidates_mean:,.0f} | {r.latency.p50_ms:.3f} | "
-            f"{r.latency.p99_ms:.3f} | {r.recall:.3f} | {r.recall_low:.3f}-{r.recall_high:.3f} | {r.users} |"
+            f"| {r.n_items:,} | {r.runtime} | {how} | {lists} | {r.candidates_mean:,.0f} | {r.latency.p50_ms:.3f} | "
+            f"{r.latency.p99_ms:.3f} | {r.score_p50_ms:.3f} | {r.recall:.3f} | "
+            f"{r.recall_low:.3f}-{r.recall_high:.3f} | {r.widened:.0%} | {r.users} |"
         )
     return "\n".join(lines)
+
+
+def search_verdicts(rows: Sequence[SearchRow], dim: int, limits: Mapping[float, Sequence[str]]) -> list[str]:
+    """Per catalogue size: the measured exact p99 next to ``auto``'s estimate, and what ``auto`` picks per budget.
+
+    ``auto`` takes IVF when the bundle has an index and ``brute_force_ms`` exceeds the budget
+    (``sdk/recommender_search.py``); for each budget, the fastest IVF row that fits it is named.
+    """
+    sentences = []
+    for n_items in sorted({r.n_items for r in rows}):
+        group = [r for r in rows if r.n_items == n_items]
+        exact = next((r for r in group if r.search == "exact"), None)
+        estimate = brute_force_ms(n_items, dim)
+        measured = f"exact p99 {exact.latency.p99_ms:.2f} ms measured" if exact else "exact not measured"
+        for limit, profiles in limits.items():
+            choice = "ivf" if estimate > limit else "exact"
+            fits = sorted(
+                (r for r in group if r.search == "ivf" and r.latency.p99_ms <= limit), key=lambda r: -r.recall
+            )
+            best = (
+                f"best IVF within it: n_probe={fits[0].n_probe} (p99 {fits[0].latency.p99_ms:.2f} ms, recall@10 "
+                f"{fits[0].recall:.3f})"
+                if fits
+                else "no IVF row fits it"
+            )
+            sentences.append(
+                f"{n_items:,} items, {limit:g} ms ({', '.join(profiles)}): {measured}, auto's estimate "
+                f"{estimate:.2f} ms -> auto picks {choice}; {best}"
+            )
+    return sentences
 
 
 def topk_markdown(rows: Sequence[TopkRow]) -> str:

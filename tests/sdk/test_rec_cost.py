@@ -20,11 +20,11 @@ from cli import main
 from converters.export.rec_bundle import package_recommender
 from converters.models.rec_student import StudentConfig, build_student
 from sdk.errors import ConfigError
-from sdk.loading import load
 from sdk.qa.bench_stats import latency_stats
 from sdk.qa.rec_cost import (
     CostRow,
-    measure_ivf,
+    measure_search,
+    open_searches,
     quantized,
     random_histories,
     synthetic_catalogue,
@@ -102,21 +102,30 @@ def test_time_cost_succeeds_with_recommend_and_encoder_timed_together(encoder_bu
             time_cost({}, histories)
 
 
-def test_measure_ivf_succeeds_with_exact_recall_when_every_list_is_opened(encoder_bundle, tmp_path: Path) -> None:
+def test_measure_search_succeeds_with_exact_recall_when_every_list_is_opened(encoder_bundle, tmp_path: Path) -> None:
     table, bias = synthetic_items(900, DIM, seed=6)
+    with pytest.raises(ConfigError, match="no IVF index; write the bundle with with_items"):
+        open_searches(with_items(encoder_bundle, table, bias, tmp_path / "plain"), "onnxruntime", [1])
+    bundle = with_items(encoder_bundle, table, bias, tmp_path / "ivf", ivf_lists=30)
+    assert bundle.manifest.recommendation.index.n_lists == 30 and (bundle.path / "items.ivf.npz").is_file()
     histories = random_histories(VOCAB, MAX_LEN, 12, seed=1)
-    with load(encoder_bundle) as model:
-        users = user_vectors(model, histories, MAX_LEN)
-    rows, facts = measure_ivf(
-        table, bias, users, histories, n_lists=30, n_probes=[1, 30], k=10, index_path=tmp_path / "ivf.npz",
-        blocks=2, calls_per_block=3, resamples=200,
-    )  # fmt: skip
-    assert [r.n_probe for r in rows] == [None, 1, 30] and (tmp_path / "ivf.npz").is_file()
-    assert rows[0].recall == 1.0 and rows[2].recall == 1.0 and rows[2].candidates_mean == 900
-    assert rows[1].candidates_mean < 900 and rows[1].recall_low <= rows[1].recall <= rows[1].recall_high
-    assert facts["n_lists"] == 30 and facts["list_size_min"] >= 0
-    with pytest.raises(ConfigError, match=r"must lie in 1..n_lists \(30\)"):
-        measure_ivf(table, bias, users, histories, n_lists=30, n_probes=[31])
+    recommenders = open_searches(bundle, "onnxruntime", [1, 30])
+    try:
+        assert list(recommenders) == ["exact", "ivf 1", "ivf 30"]
+        ids = recommenders["exact"].catalogue.ids
+        rows = measure_search(
+            recommenders, [[ids[i] for i in h] for h in histories], k=10, blocks=2, calls_per_block=3, resamples=200
+        )
+        with pytest.raises(ConfigError, match="one contender must search exactly"):
+            measure_search({"ivf": recommenders["ivf 1"]}, [["i0000001"]])
+    finally:
+        for recommender in recommenders.values():
+            recommender.close()
+    assert [(r.search, r.n_probe) for r in rows] == [("exact", None), ("ivf", 1), ("ivf", 30)]
+    assert rows[0].recall == 1.0 and rows[2].recall == 1.0 and rows[0].candidates_mean == 900
+    assert rows[2].candidates_mean == 900 and rows[1].candidates_mean < 900 and rows[1].n_lists == 30
+    assert rows[1].recall_low <= rows[1].recall <= rows[1].recall_high and rows[1].latency.count == 6
+    assert rows[1].score_p50_ms > 0 and 0.0 <= rows[1].widened <= 1.0
 
 
 def _row(n: int, runtime: str, p99: float) -> CostRow:
@@ -148,6 +157,8 @@ def test_rec_cost_cli_succeeds_with_json_table_plot_and_verdicts(encoder_bundle,
     payload = json.loads(capsys.readouterr().out)
     assert [(r["n_items"], r["runtime"]) for r in payload["cost"]] == [(200, "onnxruntime"), (400, "onnxruntime")]
     assert [r["n_probe"] for r in payload["ivf"]] == [None, 1, 20] and payload["ivf"][2]["recall"] == 1.0
+    assert [r["search"] for r in payload["ivf"]] == ["exact", "ivf", "ivf"] and len(payload["auto"]) >= 2
+    assert any("400 items, 5 ms (android-arm64)" in v and "auto picks exact" in v for v in payload["auto"])
     assert payload["host"]["cpu"] and any("android-arm64" in s for s in payload["crossings"])
     assert "openblas 1 threads" in payload["blas"] or "threadpoolctl" in payload["blas"]
     assert (tmp_path / "rec_cost.png").stat().st_size > 0 and "| 400 | onnxruntime" in (
