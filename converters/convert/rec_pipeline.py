@@ -84,6 +84,7 @@ class RecConvertConfig:
         max_ignored: most layers the budget search keeps in float.
         max_cases: verify on the first N validation and test cases (0: all; for quick runs).
         resamples, seed: the test intervals' bootstrap, and the calibration draw.
+        ivf_lists: an IVF index of this many lists in every bundle (``package_recommender``), or None.
 
     Raises:
         ConfigError: on construction, a value out of range.
@@ -95,6 +96,7 @@ class RecConvertConfig:
     max_cases: int = 0
     resamples: int = 1000
     seed: int = 0
+    ivf_lists: int | None = None
 
     def __post_init__(self) -> None:
         choices = tuple(p.value for p in TABLE_PRECISIONS)
@@ -106,6 +108,8 @@ class RecConvertConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"RecConvertConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.ivf_lists is not None and (not isinstance(self.ivf_lists, int) or self.ivf_lists < 1):
+            raise ConfigError(f"RecConvertConfig.ivf_lists must be a positive integer or None, got {self.ivf_lists!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -212,6 +216,7 @@ def _export_fp32(
         formats=[plan.format],
         table_precision=config.table_precision,
         max_len=source.max_len,
+        ivf_lists=config.ivf_lists,
         progress=lambda m: log(f"[export] {m}"),
     )[plan.format]
     steps.append({"step": "export", "format": plan.format.value, "seconds": round(time.perf_counter() - t, 1)})
@@ -329,6 +334,7 @@ def _data_record(dataset: RecDataset, ctx: _Context, config: RecConvertConfig) -
         "test_cases": len(ctx.fp32.test),
         "groups": "baskets" if dataset.interactions.kind == "baskets" else "users",
         "table_precision": config.table_precision,
+        "ivf_lists": config.ivf_lists,
         "calibration": ctx.calibration.record() if ctx.calibration else None,
     }
 
