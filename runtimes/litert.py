@@ -205,7 +205,8 @@ def _concurrency(delegated: bool) -> Concurrency:
 
 def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
     """A loop over ``set_tensor`` / ``invoke`` / ``get_tensor`` of a fresh interpreter from the
-    same package, with the same threads, as ``session``.
+    same package, with the same threads, as ``session``. The step owns that interpreter and
+    takes no lock: one thread only (the benchmark's loop), never shared with the session's pool.
 
     Raises:
         ConfigError: the model has more than one input.

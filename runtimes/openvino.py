@@ -209,6 +209,8 @@ def open_async_session(
 def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
     """A loop over ``InferRequest.infer`` on the device and compile config ``session`` used.
 
+    The step owns its own compiled model and request and takes no lock: one thread only.
+
     Raises:
         ConfigError: ``session`` is not an OpenVINO session, or the model has several inputs.
         InferenceError: the model cannot be compiled.
