@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exact: score every item; ivf: the bundle's IVF index (approximate); auto (default): ivf when the "
         "bundle has an index and brute force would miss the profile's p99_recommend_ms",
     )
-    parser.add_argument("--n-probe", type=int, default=32, help="IVF lists opened per request (default 32)")
+    parser.add_argument("--n-probe", type=int, default=64, help="IVF lists opened per request (default 64)")
     parser.epilog = 'example: shelfedge recommend out/rec/baskets-onnx-fp32 --history "whole milk,yogurt" -k 5 --json'
 
 
