@@ -22,13 +22,13 @@ from types import TracebackType
 import numpy as np
 
 from sdk.bundle import Bundle
-from sdk.enums import Device, FallbackPolicy, Runtime, Task
-from sdk.errors import BundleError, ConfigError, InputError
+from sdk.enums import Device, FallbackPolicy, Runtime
+from sdk.errors import InputError
 from sdk.interactions import Catalogue
 from sdk.loading import Model
 from sdk.profiles import HardwareProfile, load_profile
 from sdk.rec_manifest import RecommendationSpec
-from sdk.recommender_items import ItemTable, index_mismatch, read_item_files
+from sdk.recommender_items import ItemTable, check_encoder, check_items, read_item_files
 from sdk.recommender_result import Recommendations, RecommendedItem, RecommenderOptions, RecTimings
 from sdk.recommender_search import Filters, Found, ItemScorer, SearchPlan, budget_of, limit_blas, plan_search
 from sdk.runtime import SessionInfo
@@ -43,11 +43,12 @@ class Recommender:
     Create with :meth:`create` (options object) or :meth:`from_bundle` (keywords); use as a
     context manager or call :meth:`close`.
 
-    Thread safety: an instance is NOT safe to share across threads. It holds one runtime
-    session and takes no lock, and LiteRT interpreters and OpenVINO infer requests must not
-    run two calls at once. Give each thread its own recommender, or guard calls with your own
-    lock. The item table and catalogue it holds are read-only; results and options are
-    immutable and may be shared freely.
+    Thread safety: safe to share across threads. ``recommend`` and ``scores`` may be called from
+    any number of threads at once; each call's lookups, filters, timings and result are its own,
+    the item table is read-only, and the encoder session runs each call on its own interpreter /
+    infer request or on a thread-safe backend (``info.details["concurrency"]``; size the pool with
+    ``RecommenderOptions(concurrency=N)``). ``close`` waits for calls in flight; later or waiting
+    calls raise InferenceError.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class Recommender:
         fallback: FallbackPolicy | str | None = None,
         threads: int | None = None,
         k: int = 10,
+        concurrency: int | None = None,
     ) -> Recommender:
         """The short form of :meth:`create`: the keywords are :class:`RecommenderOptions` fields.
 
@@ -140,7 +142,13 @@ class Recommender:
                 as :meth:`create`.
         """
         options = RecommenderOptions(
-            profile=profile, runtime=runtime, device=device, fallback=fallback, threads=threads, k=k
+            profile=profile,
+            runtime=runtime,
+            device=device,
+            fallback=fallback,
+            threads=threads,
+            k=k,
+            concurrency=concurrency,
         )
         return cls.create(path, options)
 
@@ -334,56 +342,6 @@ class Recommender:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def check_encoder(bundle: Bundle) -> RecommendationSpec:
-    """The bundle's recommendation section, after checking its encoder's tensors fit it.
-
-    Raises:
-        ConfigError: the bundle is not a recommendation bundle with item files.
-        BundleError: the encoder's input is not (batch, max_len) int32 or its output width is
-            not the item table's dim (naming the model file and the table file).
-    """
-    manifest = bundle.manifest
-    spec = manifest.recommendation
-    if manifest.task is not Task.RECOMMENDATION or spec is None:
-        raise ConfigError(
-            f"bundle {bundle.path} is a {manifest.task.value} bundle without item files; Recommender needs a "
-            "recommendation bundle (converters.export.rec_bundle.package_recommender writes one)"
-        )
-    where = f"{bundle.path}: {manifest.model_file}"
-    history = manifest.inputs[0]
-    if len(manifest.inputs) != 1 or history.dtype != "int32" or len(history.shape) != 2:
-        raise BundleError(f"{where}: the encoder must take one (batch, max_len) int32 input, it takes {history}")
-    if history.shape[1] not in (-1, spec.max_len):
-        raise BundleError(
-            f"{where}: input {history.name!r} holds {history.shape[1]} items but the manifest says max_len "
-            f"{spec.max_len}; re-package the bundle"
-        )
-    user = manifest.outputs[0]
-    if len(user.shape) != 2 or user.shape[-1] != spec.dim:
-        raise BundleError(
-            f"{where}: output {user.name!r} has shape {user.shape} but {spec.table_file} holds {spec.dim}-dim "
-            f"item vectors; the table does not belong to this model: re-package the bundle"
-        )
-    return spec
-
-
-def check_items(bundle: Bundle, spec: RecommendationSpec, items: ItemTable) -> None:
-    """Refuse an item table (or its index) that does not match the manifest (already read: a defensive recheck).
-
-    Raises:
-        BundleError: naming the table, catalogue or index file and the sizes that differ.
-    """
-    if (items.n_items, items.dim, len(items.catalogue)) != (spec.n_items, spec.dim, spec.n_items):
-        raise BundleError(
-            f"{bundle.path}: {spec.table_file} is {items.n_items} x {items.dim} with {len(items.catalogue)} "
-            f"catalogue items in {spec.catalogue_file}, the manifest says {spec.n_items} x {spec.dim}; "
-            "re-package the bundle"
-        )
-    problem = index_mismatch(spec, items.index)
-    if problem:
-        raise BundleError(f"{bundle.path}: {problem}; re-package the bundle with ivf_lists")
 
 
 def _ids(values: Iterable[str] | None, what: str) -> list[str]:

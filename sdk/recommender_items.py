@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from sdk.enums import Precision
+from sdk.bundle import Bundle
+from sdk.enums import Precision, Task
 from sdk.errors import BundleError, ConfigError
 from sdk.interactions import Catalogue
 from sdk.rec_manifest import IndexSpec, RecommendationSpec
@@ -300,3 +301,53 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     array.flags.writeable = False
     return array
+
+
+def check_encoder(bundle: Bundle) -> RecommendationSpec:
+    """The bundle's recommendation section, after checking its encoder's tensors fit it.
+
+    Raises:
+        ConfigError: the bundle is not a recommendation bundle with item files.
+        BundleError: the encoder's input is not (batch, max_len) int32 or its output width is
+            not the item table's dim (naming the model file and the table file).
+    """
+    manifest = bundle.manifest
+    spec = manifest.recommendation
+    if manifest.task is not Task.RECOMMENDATION or spec is None:
+        raise ConfigError(
+            f"bundle {bundle.path} is a {manifest.task.value} bundle without item files; Recommender needs a "
+            "recommendation bundle (converters.export.rec_bundle.package_recommender writes one)"
+        )
+    where = f"{bundle.path}: {manifest.model_file}"
+    history = manifest.inputs[0]
+    if len(manifest.inputs) != 1 or history.dtype != "int32" or len(history.shape) != 2:
+        raise BundleError(f"{where}: the encoder must take one (batch, max_len) int32 input, it takes {history}")
+    if history.shape[1] not in (-1, spec.max_len):
+        raise BundleError(
+            f"{where}: input {history.name!r} holds {history.shape[1]} items but the manifest says max_len "
+            f"{spec.max_len}; re-package the bundle"
+        )
+    user = manifest.outputs[0]
+    if len(user.shape) != 2 or user.shape[-1] != spec.dim:
+        raise BundleError(
+            f"{where}: output {user.name!r} has shape {user.shape} but {spec.table_file} holds {spec.dim}-dim "
+            f"item vectors; the table does not belong to this model: re-package the bundle"
+        )
+    return spec
+
+
+def check_items(bundle: Bundle, spec: RecommendationSpec, items: ItemTable) -> None:
+    """Refuse an item table (or its index) that does not match the manifest (already read: a defensive recheck).
+
+    Raises:
+        BundleError: naming the table, catalogue or index file and the sizes that differ.
+    """
+    if (items.n_items, items.dim, len(items.catalogue)) != (spec.n_items, spec.dim, spec.n_items):
+        raise BundleError(
+            f"{bundle.path}: {spec.table_file} is {items.n_items} x {items.dim} with {len(items.catalogue)} "
+            f"catalogue items in {spec.catalogue_file}, the manifest says {spec.n_items} x {spec.dim}; "
+            "re-package the bundle"
+        )
+    problem = index_mismatch(spec, items.index)
+    if problem:
+        raise BundleError(f"{bundle.path}: {problem}; re-package the bundle with ivf_lists")

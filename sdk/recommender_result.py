@@ -35,6 +35,9 @@ class RecommenderOptions:
         fallback: ``strict`` or ``record`` (default: the profile's, else ``record``).
         threads: inference threads (default: the profile's, else the runtime's own).
         k: items :meth:`~sdk.recommender.Recommender.recommend` returns when not told.
+        concurrency: how many calls from different threads may run the encoder at once on the one
+            shared session (LiteRT interpreters / OpenVINO infer requests in its pool); None: the
+            runtime's default (``info.details["concurrency"]`` says what it is).
         blas_threads: threads numpy's BLAS may use for the scoring product, set process-wide when
             the recommender is created (``threadpoolctl``); ``None`` leaves numpy's default. The
             default 1 keeps the tail short where requests share a few cores: on the 2-core
@@ -63,6 +66,7 @@ class RecommenderOptions:
     fallback: FallbackPolicy | str | None = None
     threads: int | None = None
     k: int = 10
+    concurrency: int | None = None
     blas_threads: int | None = 1
     search: str = "auto"
     n_probe: int = 64
