@@ -208,6 +208,10 @@ class Recommender:
                 category's department: :attr:`categories` lists them).
             exclude_history: leave out the items already in the history (default True).
 
+        The top k is found as :attr:`search` says: every eligible item scored, or the lists of
+        the bundle's IVF index closest to the user (``result.search``, ``n_probe``,
+        ``candidates``; ``result.approximate`` and a note when lists were left unopened).
+
         Raises:
             InputError: ``history``, ``exclude`` or ``allow`` is a single string or holds
                 something that is not a string, ``k`` is not a positive integer, or ``category``
@@ -255,7 +259,8 @@ class Recommender:
 
         The same window rules as :meth:`recommend` (unknown ids ignored, the most recent
         ``max_len`` kept, a basket's repeats counted once); an empty or unknown history gives
-        the popularity scores. For parity and evaluation: a new float32 array each call.
+        the popularity scores. For parity and evaluation: a new float32 array each call, always
+        exact (every item scored, whatever :attr:`search` :meth:`recommend` uses).
 
         Raises:
             InputError: ``history`` is a single string or holds something that is not a string.
