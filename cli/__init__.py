@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("cli.inspect", "show and verify a bundle's manifest"),
     "keygen": ("cli.keygen", "a new ECDSA P-256 key pair (private key mode 0600) for signing bundles"),
     "sign": ("cli.sign", "sign every file of a bundle with OpenSSF Model Signing (model.sig in the bundle)"),
+    "encrypt": ("cli.encrypt", "encrypt a bundle's model files in place (AES-256-GCM; key from --key-file or env)"),
     "verify": ("cli.verify", "check a bundle's signature against trusted public keys; exit 1 if unsigned or invalid"),
     "classify": ("cli.classify", "classify images with a bundle on a runtime/device"),
     "recommend": ("cli.recommend", "recommend items for a basket or history with a recommendation bundle"),

@@ -76,6 +76,24 @@ def require_file(model_path: Path, runtime: str, *, directory_ok: bool = False) 
         raise InferenceError(f"{runtime}: {model_path} is a directory, expected a model file")
 
 
+def model_content(model_path: Path, model_bytes: Mapping[Path, bytes] | None, runtime: str) -> bytes | None:
+    """The content ``model_bytes`` holds for ``model_path`` (an encrypted bundle's file, decrypted in
+    memory); None without ``model_bytes``: read the file from disk.
+
+    Raises:
+        InferenceError: ``model_bytes`` is given but lacks ``model_path``.
+    """
+    if model_bytes is None:
+        return None
+    content = model_bytes.get(Path(model_path))
+    if content is None:
+        raise InferenceError(
+            f"{runtime}: the decrypted model files ({', '.join(str(p) for p in model_bytes)}) do not include "
+            f"{model_path}; encrypt the bundle again (shelfedge encrypt)"
+        )
+    return content
+
+
 def load_failed(model_path: Path, runtime: str, error: BaseException) -> InferenceError:
     """The InferenceError for a model the backend could not read; the caller chains ``error``."""
     return InferenceError(

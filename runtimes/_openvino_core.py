@@ -7,10 +7,13 @@ Private to ``runtimes``; imports OpenVINO only when a function is called.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runtimes._common import accelerator_unavailable, load_failed, make_spec, require_file
+import numpy as np
+
+from runtimes._common import accelerator_unavailable, load_failed, make_spec, model_content, require_file
 from sdk.enums import Device, Precision
 from sdk.errors import BackendUnavailableError, ConfigError, InferenceError
 from sdk.runtime import SessionOptions
@@ -45,12 +48,14 @@ def core() -> Any:
     return _core_cache[0]
 
 
-def read(model_path: Path) -> Any:
-    """Read an IR (.xml + .bin) or an .onnx file.
+def read(model_path: Path, model_bytes: Mapping[Path, bytes] | None = None) -> Any:
+    """Read an IR (.xml + .bin) or an .onnx file; from ``model_bytes`` (both IR files) when given.
 
     Raises:
         InferenceError: a file is missing or OpenVINO cannot read it.
     """
+    if model_bytes is not None:
+        return _read_from_memory(model_path, model_bytes)
     require_file(model_path, NAME)
     if model_path.suffix == ".xml" and not model_path.with_suffix(".bin").exists():
         raise InferenceError(
@@ -60,6 +65,21 @@ def read(model_path: Path) -> Any:
     try:
         return core().read_model(str(model_path))
     except RuntimeError as e:
+        raise load_failed(model_path, NAME, e) from e
+
+
+def _read_from_memory(model_path: Path, model_bytes: Mapping[Path, bytes]) -> Any:
+    content = model_content(model_path, model_bytes, NAME)
+    assert content is not None  # model_bytes is given
+    try:
+        if model_path.suffix != ".xml":
+            return core().read_model(content)  # ONNX: one file, no weights
+        weights = model_content(model_path.with_suffix(".bin"), model_bytes, NAME)
+        assert weights is not None
+        # The Tensor copies the weights (shared_memory=False): the model owns them, whatever
+        # happens to ``model_bytes`` afterwards.
+        return core().read_model(content.decode("utf-8"), ov().Tensor(np.frombuffer(weights, dtype=np.uint8)))
+    except (RuntimeError, UnicodeDecodeError) as e:
         raise load_failed(model_path, NAME, e) from e
 
 
@@ -173,8 +193,9 @@ def _present(device: str, available: list[str]) -> bool:
     return any(d == device or d.startswith(device + ".") for d in available)
 
 
-def compile_config(options: SessionOptions, device: str) -> dict[str, Any]:
-    """The compile config the options ask for on ``device``.
+def compile_config(options: SessionOptions, device: str, *, cache: bool = True) -> dict[str, Any]:
+    """The compile config the options ask for on ``device`` (``cache=False``: no model cache, whatever
+    ``cache_dir`` says: for a model decrypted in memory, whose cached blob would be its plaintext on disk).
 
     Raises:
         ConfigError: the performance hint is not one OpenVINO knows.
@@ -194,6 +215,6 @@ def compile_config(options: SessionOptions, device: str) -> dict[str, Any]:
         # The CPU plugin defaults to bf16 on CPUs with AMX/AVX512-BF16, which breaks fp32
         # parity silently; a profile that wants bf16/f16 execution says so explicitly.
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    if ro.cache_dir:
+    if ro.cache_dir and cache:
         config["CACHE_DIR"] = str(Path(ro.cache_dir).expanduser())
     return config

@@ -29,6 +29,7 @@ from runtimes._common import (
     check_specs,
     load_failed,
     make_spec,
+    model_content,
     require_file,
     require_single_input,
     with_dynamic_batch,
@@ -104,21 +105,31 @@ def backend_info() -> dict[str, Any]:
     }
 
 
-def describe(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Read the model's input and output specs (signature names when the model has one signature).
+def describe(
+    model_path: Path, model_bytes: Mapping[Path, bytes] | None = None
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the model's input and output specs (signature names when the model has one signature);
+    from ``model_bytes[model_path]`` instead of the file when given.
 
     Raises:
         InferenceError: the file is missing or not a readable .tflite model.
     """
-    interpreter = _load(Path(model_path), [], None)
+    interpreter = _load(Path(model_path), [], None, model_content(Path(model_path), model_bytes, _NAME))
     inputs, outputs, _ = _tensors(interpreter)
     return [spec for spec, _ in inputs], [spec for spec, _ in outputs]
 
 
 def open_session(
-    model_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], options: SessionOptions
+    model_path: Path,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    options: SessionOptions,
+    model_bytes: Mapping[Path, bytes] | None = None,
 ) -> BaseSession:
     """Open a LiteRT interpreter, with the profile's delegate when one is configured.
+
+    With ``model_bytes`` every interpreter is made from ``model_bytes[model_path]`` (``model_content``),
+    kept in the session's memory, never from the file.
 
     Raises:
         ManifestError: a manifest spec does not match the model.
@@ -127,9 +138,58 @@ def open_session(
     """
     model_path = Path(model_path)
     backend = _backend()
+    content = model_content(model_path, model_bytes, _NAME)
     ro = options.runtime_options
+    delegates, fell_back, reason = _delegates(backend, options)
+    interpreter = _load(model_path, delegates, ro.threads, content)
+    model_inputs, model_outputs, tensor_details = _tensors(interpreter)
+    in_specs = check_specs(model_path, "input", inputs, [s for s, _ in model_inputs])
+    out_specs = check_specs(model_path, "output", outputs, [s for s, _ in model_outputs])
+    in_index = {s.name: i for s, i in model_inputs}
+    out_index = {s.name: i for s, i in model_outputs}
+    precision = _precision(interpreter, [s for s, _ in model_inputs], tensor_details)
+    accelerator = Path(ro.delegate).name if delegates and ro.delegate else "XNNPACK"
+    info = SessionInfo(
+        runtime=Runtime.LITERT,
+        runtime_version=backend.version,
+        backend=backend.package,
+        requested_device=options.device,
+        actual_device=options.device.value if delegates and options.device is not Device.CPU else "CPU",
+        precision=precision,
+        threads=ro.threads,
+        requested_accelerator=ro.delegate,
+        actual_accelerator=accelerator,
+        fell_back=fell_back,
+        fallback_reason=reason,
+        details={"delegate_options": dict(ro.delegate_options), "model": str(model_path)},
+    )
+    feeds = [(given.name, in_index[spec.name]) for given, spec in zip(inputs, in_specs, strict=True)]
+    fetches = [(given.name, out_index[spec.name]) for given, spec in zip(outputs, out_specs, strict=True)]
+    # Any batch size runs (the interpreter resizes), whatever the file's batch dim says.
+    session = LiteRTSession(
+        _Worker(interpreter),
+        lambda: _Worker(_load(model_path, [], ro.threads, content)),  # only with no delegate: the cap keeps one
+        feeds,
+        fetches,
+        with_dynamic_batch(inputs),
+        with_dynamic_batch(outputs),
+        info,
+        policy=_concurrency(bool(delegates)),
+        requested=options.concurrency,
+    )
+    session.model_content = content
+    return session
+
+
+def _delegates(backend: _Backend, options: SessionOptions) -> tuple[list[Any], bool, str | None]:
+    """(the external delegate loaded, or none; whether the session falls back; why), per the policy.
+
+    Raises:
+        BackendUnavailableError: the delegate/accelerator is missing and the policy is strict.
+    """
     delegates: list[Any] = []
     fell_back, reason = False, None
+    ro = options.runtime_options
     if ro.delegate:
         try:
             # Probe with ctypes first: a failed load_delegate leaves a half-built Delegate whose
@@ -155,42 +215,7 @@ def open_session(
             "set runtime_options.delegate to the accelerator's delegate library in the profile",
         )
         fell_back = True
-    interpreter = _load(model_path, delegates, ro.threads)
-    model_inputs, model_outputs, tensor_details = _tensors(interpreter)
-    in_specs = check_specs(model_path, "input", inputs, [s for s, _ in model_inputs])
-    out_specs = check_specs(model_path, "output", outputs, [s for s, _ in model_outputs])
-    in_index = {s.name: i for s, i in model_inputs}
-    out_index = {s.name: i for s, i in model_outputs}
-    precision = _precision(interpreter, [s for s, _ in model_inputs], tensor_details)
-    accelerator = Path(ro.delegate).name if delegates and ro.delegate else "XNNPACK"
-    info = SessionInfo(
-        runtime=Runtime.LITERT,
-        runtime_version=backend.version,
-        backend=backend.package,
-        requested_device=options.device,
-        actual_device=options.device.value if delegates and options.device is not Device.CPU else "CPU",
-        precision=precision,
-        threads=ro.threads,
-        requested_accelerator=ro.delegate,
-        actual_accelerator=accelerator,
-        fell_back=fell_back,
-        fallback_reason=reason,
-        details={"delegate_options": dict(ro.delegate_options), "model": str(model_path)},
-    )
-    feeds = [(given.name, in_index[spec.name]) for given, spec in zip(inputs, in_specs, strict=True)]
-    fetches = [(given.name, out_index[spec.name]) for given, spec in zip(outputs, out_specs, strict=True)]
-    # Any batch size runs (the interpreter resizes), whatever the file's batch dim says.
-    return LiteRTSession(
-        _Worker(interpreter),
-        lambda: _Worker(_load(model_path, [], ro.threads)),  # only with no delegate: the cap keeps one
-        feeds,
-        fetches,
-        with_dynamic_batch(inputs),
-        with_dynamic_batch(outputs),
-        info,
-        policy=_concurrency(bool(delegates)),
-        requested=options.concurrency,
-    )
+    return delegates, fell_back, reason
 
 
 def _concurrency(delegated: bool) -> Concurrency:
@@ -213,7 +238,8 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
         InferenceError: the model cannot be loaded.
     """
     info = session.info
-    interpreter = _load(Path(model_path), [], info.threads)
+    content = session.model_content if isinstance(session, LiteRTSession) else None
+    interpreter = _load(Path(model_path), [], info.threads, content)
     inputs = interpreter.get_input_details()
     require_single_input(len(inputs), Path(model_path))
     index = inputs[0]["index"]
@@ -241,7 +267,12 @@ class _Worker:
 
 
 class LiteRTSession(PooledSession[_Worker]):
-    """A pool of interpreters (see the module docstring); safe to share across threads."""
+    """A pool of interpreters (see the module docstring); safe to share across threads.
+
+    ``model_content``: the model's bytes when it was opened from memory (a decrypted bundle), else None.
+    """
+
+    model_content: bytes | None = None
 
     def __init__(
         self,
@@ -279,13 +310,14 @@ class LiteRTSession(PooledSession[_Worker]):
         return {name: interpreter.get_tensor(index) for name, index in self._fetches}
 
 
-def _load(model_path: Path, delegates: list[Any], threads: int | None) -> Any:
-    require_file(model_path, _NAME)
+def _load(model_path: Path, delegates: list[Any], threads: int | None, content: bytes | None = None) -> Any:
+    if content is None:
+        require_file(model_path, _NAME)
     backend = _backend()
+    # From memory (a decrypted model) or from the file: the interpreter reads one of the two.
+    source = {"model_content": content} if content is not None else {"model_path": str(model_path)}
     try:
-        interpreter = backend.interpreter(
-            model_path=str(model_path), experimental_delegates=delegates or None, num_threads=threads
-        )
+        interpreter = backend.interpreter(**source, experimental_delegates=delegates or None, num_threads=threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         if delegates:

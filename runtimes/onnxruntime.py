@@ -24,12 +24,14 @@ from runtimes._common import (
     check_specs,
     load_failed,
     make_spec,
+    model_content,
     require_file,
     require_single_input,
 )
 from runtimes._onnx_layers import layer_outputs
+from runtimes._onnx_precision import graph_precision
 from runtimes._pool import Concurrency, PooledSession
-from sdk.enums import Device, FallbackPolicy, Precision, Runtime
+from sdk.enums import Device, FallbackPolicy, Runtime
 from sdk.errors import InferenceError
 from sdk.runtime import BareStep, BaseSession, Session, SessionInfo, SessionOptions
 from sdk.tensors import TensorSpec
@@ -121,20 +123,28 @@ def backend_info() -> dict[str, Any]:
     }
 
 
-def describe(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Read the model's input and output specs.
+def describe(
+    model_path: Path, model_bytes: Mapping[Path, bytes] | None = None
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the model's input and output specs (from ``model_bytes[model_path]`` when given).
 
     Raises:
         InferenceError: the file is missing or not a readable ONNX model.
     """
-    session = _load(Path(model_path), [_CPU], _ort().SessionOptions())
+    content = model_content(Path(model_path), model_bytes, _NAME)
+    session = _load(Path(model_path), [_CPU], _ort().SessionOptions(), content=content)
     return _specs(session.get_inputs(), model_path), _specs(session.get_outputs(), model_path)
 
 
 def open_session(
-    model_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], options: SessionOptions
+    model_path: Path,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    options: SessionOptions,
+    model_bytes: Mapping[Path, bytes] | None = None,
 ) -> BaseSession:
-    """Create an InferenceSession with the profile's execution providers.
+    """Create an InferenceSession with the profile's execution providers (from the bytes
+    ``model_bytes[model_path]`` when given, never from the file).
 
     Raises:
         ManifestError: a manifest spec does not match the model.
@@ -143,6 +153,7 @@ def open_session(
     """
     model_path = Path(model_path)
     ort = _ort()
+    content = model_content(model_path, model_bytes, _NAME)
     ro = options.runtime_options
     available = list(ort.get_available_providers())
     requested, providers, reason = _choose_providers(options, available)
@@ -161,7 +172,7 @@ def open_session(
         for p in providers
     ]
     try:
-        session = _load(model_path, providers, session_options, provider_options)
+        session = _load(model_path, providers, session_options, provider_options, content)
     except InferenceError as e:
         if not cpu_fallback_disabled:
             raise
@@ -175,7 +186,7 @@ def open_session(
     out_specs = check_specs(model_path, "output", outputs, model_outputs)
     actual = list(session.get_providers())
     reason = _dropped_providers(options, providers, actual, reason)
-    precision, precision_source = _precision(model_path, model_inputs)
+    precision, precision_source = graph_precision(model_path, model_inputs, content)
     info = SessionInfo(
         runtime=Runtime.ONNXRUNTIME,
         runtime_version=ort.__version__,
@@ -199,9 +210,11 @@ def open_session(
     feeds = [(given.name, spec.name) for given, spec in zip(inputs, in_specs, strict=True)]
     fetches = [(given.name, spec.name) for given, spec in zip(outputs, out_specs, strict=True)]
     policy = _concurrency(serial="DmlExecutionProvider" in actual)
-    return OnnxRuntimeSession(
+    opened = OnnxRuntimeSession(
         session, feeds, fetches, inputs, outputs, info, policy=policy, requested=options.concurrency
     )
+    opened.model_content = content
+    return opened
 
 
 def _dropped_providers(
@@ -254,7 +267,8 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
     """
     info = session.info
     providers = list(info.details.get("providers") or [_CPU])
-    bare = _load(Path(model_path), providers, _session_options(info.threads, False))
+    content = session.model_content if isinstance(session, OnnxRuntimeSession) else None
+    bare = _load(Path(model_path), providers, _session_options(info.threads, False), content=content)
     require_single_input(len(bare.get_inputs()), Path(model_path))
     name = bare.get_inputs()[0].name
     run = bare.run
@@ -266,7 +280,12 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
 
 
 class OnnxRuntimeSession(PooledSession[Any]):
-    """One InferenceSession shared by every call (thread-safe: module docstring); outputs in the manifest's order."""
+    """One InferenceSession shared by every call (thread-safe: module docstring); outputs in the manifest's order.
+
+    ``model_content``: the model's bytes when it was opened from memory (a decrypted bundle), else None.
+    """
+
+    model_content: bytes | None = None
 
     def __init__(
         self,
@@ -332,13 +351,21 @@ def _choose_providers(options: SessionOptions, available: list[str]) -> tuple[li
 
 
 def _load(
-    model_path: Path, providers: list[str], session_options: Any, provider_options: list[dict[str, str]] | None = None
+    model_path: Path,
+    providers: list[str],
+    session_options: Any,
+    provider_options: list[dict[str, str]] | None = None,
+    content: bytes | None = None,
 ) -> Any:
-    require_file(model_path, _NAME)
+    if content is None:
+        require_file(model_path, _NAME)
     ort = _ort()
     try:
         return ort.InferenceSession(
-            str(model_path), session_options, providers=providers, provider_options=provider_options
+            str(model_path) if content is None else content,
+            session_options,
+            providers=providers,
+            provider_options=provider_options,
         )
     except Exception as e:
         raise load_failed(model_path, _NAME, e) from e
@@ -361,26 +388,3 @@ def _actual_device(provider: str, requested: Device) -> str:
     if provider == "OpenVINOExecutionProvider":
         return f"{requested.value} (OpenVINO EP)"
     return _DEVICE_OF_PROVIDER.get(provider, provider)
-
-
-def _precision(model_path: Path, inputs: list[TensorSpec]) -> tuple[Precision, str]:
-    """(precision, where it was read from): the graph's ops when onnx imports, else the input dtypes."""
-    try:
-        import onnx
-    except ImportError:
-        dtypes, source = {s.dtype for s in inputs}, "input dtypes (onnx not installed)"
-        if dtypes & {"int8", "uint8"}:
-            return Precision.INT8, source
-        return (Precision.FP16 if "float16" in dtypes else Precision.FP32), source
-    model = onnx.load(str(model_path), load_external_data=False)
-    ops = {node.op_type for node in model.graph.node}
-    if ops & {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}:
-        return Precision.DYNAMIC_INT8, "graph ops"
-    if ops & {"QuantizeLinear", "DequantizeLinear"} or any(op.startswith("QLinear") for op in ops):
-        return Precision.INT8, "graph ops"
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == fp16 for t in model.graph.initializer) or any(
-        i.type.tensor_type.elem_type == fp16 for i in model.graph.input
-    ):
-        return Precision.FP16, "graph initializers"
-    return Precision.FP32, "graph ops"

@@ -74,6 +74,7 @@ class _Compiled:
     device: str
     config: dict[str, Any]
     num_requests: int | None
+    from_memory: bool = False  # read from decrypted bytes: a bare loop clones ``model``, never reads the file
 
 
 def require_backend() -> None:
@@ -98,31 +99,38 @@ def backend_info() -> dict[str, Any]:
     return {"name": NAME, "version": ov().get_version(), "package": "openvino", "devices": devices}
 
 
-def describe(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Read the model's input and output specs (first tensor name of each port).
+def describe(
+    model_path: Path, model_bytes: Mapping[Path, bytes] | None = None
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the model's input and output specs (first tensor name of each port), from
+    ``model_bytes`` (the .xml's and the .bin's content by path) when given.
 
     Raises:
         InferenceError: the file is missing or OpenVINO cannot read it.
     """
-    model = read(Path(model_path))
+    model = read(Path(model_path), model_bytes)
     return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
 
 
 def open_session(
-    model_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], options: SessionOptions
+    model_path: Path,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    options: SessionOptions,
+    model_bytes: Mapping[Path, bytes] | None = None,
 ) -> OpenVINOSession:
-    """Compile the model on the requested device (or the fallback device, per policy).
+    """Compile the model on the requested device (or the fallback device, per policy); with
+    ``model_bytes`` (content by path) read from memory, and no model cache written (compile_config).
 
     Raises:
         ManifestError: a manifest spec does not match the model.
         ConfigError: the performance hint is not one OpenVINO knows.
-        BackendUnavailableError: the device is absent and the policy is strict, or the
-            fallback device is absent too.
+        BackendUnavailableError: the device is absent and the policy is strict, or the fallback device is too.
         InferenceError: the model could not be read or compiled.
     """
     model_path = Path(model_path)
     ov_core = core()
-    model = read(model_path)
+    model = read(model_path, model_bytes)
     model_inputs = [spec(p) for p in model.inputs]
     model_outputs = [spec(p) for p in model.outputs]
     in_aliases = {n: spec(p).name for p in model.inputs for n in p.get_names()}
@@ -131,7 +139,7 @@ def open_session(
     out_specs = check_specs(model_path, "output", outputs, model_outputs, out_aliases)
 
     target, fell_back, reason = pick_device(ov_core.available_devices, options)
-    config = compile_config(options, target)
+    config = compile_config(options, target, cache=model_bytes is None)
     if target == "NPU":
         # The NPU compiler wants static shapes; other batch sizes get their own compiled copy.
         model = with_batch(model, 1) if static_batch(model) is None else model
@@ -171,7 +179,7 @@ def open_session(
     out_index = {s.name: i for i, s in enumerate(model_outputs)}
     feeds = [(given.name, in_index[s.name]) for given, s in zip(inputs, in_specs, strict=True)]
     fetches = [(given.name, out_index[s.name]) for given, s in zip(outputs, out_specs, strict=True)]
-    state = _Compiled(ov_core, model, target, config, options.runtime_options.num_requests)
+    state = _Compiled(ov_core, model, target, config, options.runtime_options.num_requests, model_bytes is not None)
     # Any batch size runs (other batches of a static model get their own compiled copy).
     return OpenVINOSession(
         state,
@@ -193,6 +201,7 @@ def open_async_session(
     options: SessionOptions,
     *,
     requests: int | None,
+    model_bytes: Mapping[Path, bytes] | None = None,
 ) -> OpenVINOSession:
     """A session compiled under the THROUGHPUT hint, for ``run_async`` with ``requests`` in flight.
 
@@ -203,7 +212,7 @@ def open_async_session(
         As :func:`open_session`.
     """
     tuned = dataclasses.replace(options.runtime_options, performance_hint="THROUGHPUT", num_requests=requests)
-    return open_session(model_path, inputs, outputs, dataclasses.replace(options, runtime_options=tuned))
+    return open_session(model_path, inputs, outputs, dataclasses.replace(options, runtime_options=tuned), model_bytes)
 
 
 def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[str, BareStep]:
@@ -218,7 +227,7 @@ def bare_step(session: Session, model_path: Path, example: np.ndarray) -> tuple[
     if not isinstance(session, OpenVINOSession):
         raise ConfigError(f"openvino bare loop needs an openvino session, got {type(session).__name__}")
     state = session.compiled_state
-    model = read(Path(model_path))
+    model = state.model.clone() if state.from_memory else read(Path(model_path))
     require_single_input(len(model.inputs), Path(model_path))
     if static_batch(model) not in (None, example.shape[0]) or state.device == "NPU":
         model = with_batch(model, example.shape[0])

@@ -49,3 +49,7 @@ class ParityError(ShelfedgeError):
 
 class SignatureError(BundleError):
     """A bundle cannot be signed, or its signature is missing, invalid or by an untrusted key where one is required."""
+
+
+class DecryptionError(BundleError):
+    """An encrypted bundle cannot be decrypted: no key given, the wrong key, or a tampered ciphertext."""

@@ -3,20 +3,25 @@
 Every load checks the bundle's hashes, then its signature as the trust policy asks
 (:mod:`sdk.trust`), before any model byte reaches a runtime; what the signature said goes
 into what-ran-where (``SessionInfo.details``), and each load, accepted or refused, is one
-line of the audit log (:mod:`sdk.audit`) when one is configured.
+line of the audit log (:mod:`sdk.audit`) when one is configured. An encrypted bundle
+(:mod:`sdk.encryption`) is decrypted in memory after those checks and handed to the runtime as
+bytes; what-ran-where says ``encrypted`` (and the key id and decryption time).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
 from sdk.audit import append_audit, audit_log_path, bundle_event
 from sdk.bundle import Bundle
+from sdk.encryption import ModelKey, model_bytes_for_load
 from sdk.enums import RUNTIMES_FOR_FORMAT, Device, FallbackPolicy, Runtime
 from sdk.errors import ConfigError, ShelfedgeError
 from sdk.profiles import HardwareProfile, RuntimeOptions, load_profile
@@ -129,20 +134,26 @@ def load(
     device: Device | str | None = None,
     fallback: FallbackPolicy | str | None = None,
     threads: int | None = None,
+    model_key: ModelKey | None = None,
 ) -> Model:
     """Open a bundle (hashes and signature checked) on the runtime and device the profile or caller asks for.
 
     The signature policy (``require_signature``, trusted keys) comes from the profile and the
     environment (:mod:`sdk.trust`); the audit log from ``$SHELFEDGE_AUDIT_LOG`` or the profile.
+    An encrypted bundle's key: ``model_key`` (the 32 raw bytes, or a key file's path), else
+    ``$SHELFEDGE_MODEL_KEY`` (hex or base64), else the file ``$SHELFEDGE_MODEL_KEY_FILE``.
 
     Raises:
         SignatureError: a valid signature by a trusted key is required and the bundle lacks one
             (unsigned, untrusted key, or a file changed after signing); the message says why.
+        DecryptionError: the bundle is encrypted and no key is given or set, the key is not the
+            bundle's, or a model file does not decrypt (tampered with, or moved from elsewhere).
         BundleError: the bundle is missing or tampered with.
         ManifestError: the manifest breaks the schema or disagrees with the model file.
         ProfileError: the profile is unknown or malformed.
         ConfigError: the runtime cannot open this bundle's format, a trusted key file is not
-            an EC public key, or ``$SHELFEDGE_REQUIRE_SIGNATURE`` is not a yes/no value.
+            an EC public key, ``$SHELFEDGE_REQUIRE_SIGNATURE`` is not a yes/no value, or a model
+            key given or set is not a key.
         BackendUnavailableError: the runtime is not installed, or the device is absent under
             a strict fallback policy.
         InferenceError: the runtime could not load the model file.
@@ -161,7 +172,11 @@ def load(
         enforce(opened, policy, status)
         plan = plan_load(opened, chosen_profile, runtime=runtime, device=device, fallback=fallback, threads=threads)
         manifest = opened.manifest
-        session = open_session(plan.runtime, opened.model_path, manifest.inputs, manifest.outputs, plan.options)
+        model_bytes, encrypted = _decrypt(opened, model_key)
+        session = open_session(
+            plan.runtime, opened.model_path, manifest.inputs, manifest.outputs, plan.options, model_bytes
+        )
+        del model_bytes  # the plaintext lives on only inside the session (LiteRT makes interpreters from it)
     except ShelfedgeError as e:
         refused = bundle_event(
             "load",
@@ -177,7 +192,8 @@ def load(
         append_audit(audit_log, refused)
         raise
     info = session.info
-    session.info = dataclasses.replace(info, details={**info.details, **session_details(status)})
+    details = {**info.details, **session_details(status), **encrypted}
+    session.info = dataclasses.replace(info, details=details)
     loaded = bundle_event(
         "load",
         "loaded",
@@ -190,3 +206,19 @@ def load(
     )
     append_audit(audit_log, loaded)
     return Model(opened, session, plan, trust=status)
+
+
+def _decrypt(bundle: Bundle, model_key: ModelKey | None) -> tuple[dict[Path, bytes] | None, dict[str, Any]]:
+    """(the model files decrypted in memory, or None when not encrypted; the what-ran-where entries).
+
+    Raises:
+        DecryptionError, ConfigError, BundleError, BackendUnavailableError: as
+            :func:`sdk.encryption.model_bytes_for_load`.
+    """
+    started = time.perf_counter()
+    model_bytes = model_bytes_for_load(bundle, model_key)
+    spec = bundle.manifest.encryption
+    if model_bytes is None or spec is None:
+        return None, {"encrypted": False}
+    decrypt_ms = round((time.perf_counter() - started) * 1000, 3)
+    return model_bytes, {"encrypted": True, "encryption_key_id": spec.key_id, "decrypt_ms": decrypt_ms}

@@ -26,16 +26,8 @@ from sdk._strict import (
     as_str,
     as_str_dict,
 )
-from sdk.enums import (
-    ColorOrder,
-    Interpolation,
-    Layout,
-    ModelFormat,
-    OutputKind,
-    Precision,
-    ResizeMode,
-    Task,
-)
+from sdk.encryption_spec import EncryptionSpec
+from sdk.enums import ColorOrder, Interpolation, Layout, ModelFormat, OutputKind, Precision, ResizeMode, Task
 from sdk.errors import ManifestError
 from sdk.rec_manifest import RecommendationSpec
 from sdk.tensors import Quantization, TensorSpec
@@ -194,13 +186,17 @@ class Manifest:
     kept_in_float: tuple[KeptInFloat, ...] = ()
     # A recommendation bundle's item files (sdk/rec_manifest.py); None for image bundles.
     recommendation: RecommendationSpec | None = None
-    # Reserved for signing/encryption; must be null until a schema version defines it.
+    # Which model files are AES-256-GCM ciphertext (sdk/encryption.py); None: none is.
+    encryption: EncryptionSpec | None = None
+    # Reserved; must be null (a signature is model.sig beside the manifest: sdk/signing.py).
     signature: None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        # The section is written only when present, so image manifests read as they always did.
+        # Sections are written only when present, so other manifests read as they always did.
         extra = {"recommendation": self.recommendation.to_dict()} if self.recommendation else {}
+        if self.encryption is not None:
+            extra["encryption"] = self.encryption.to_dict()
         return {
             "schema_version": self.schema_version,
             "name": self.name,
@@ -265,6 +261,7 @@ class Manifest:
         preprocessing_reader = r.child("preprocessing", required=False)
         provenance_reader = r.child("provenance")
         recommendation_reader = r.child("recommendation", required=False)
+        encryption_reader = r.child("encryption", required=False)
         assert provenance_reader is not None
         signature = r.optional("signature", None)
         if signature is not None:
@@ -286,12 +283,14 @@ class Manifest:
             metrics=r.optional("metrics", {}, as_str_dict),
             kept_in_float=_kept_in_float(r),
             recommendation=RecommendationSpec.from_reader(recommendation_reader) if recommendation_reader else None,
+            encryption=EncryptionSpec.from_reader(encryption_reader) if encryption_reader else None,
         )
         r.finish()
         if manifest.recommendation is not None and manifest.task is not Task.RECOMMENDATION:
             raise ManifestError(f"{where}: a {manifest.task.value} bundle cannot have a 'recommendation' section")
         rec_files = manifest.recommendation.files if manifest.recommendation else ()
-        for needed in filter(None, (manifest.model_file, manifest.labels_file, *rec_files)):
+        encrypted = manifest.encryption.files if manifest.encryption else ()
+        for needed in filter(None, (manifest.model_file, manifest.labels_file, *rec_files, *encrypted)):
             if needed not in manifest.files:
                 raise ManifestError(
                     f"{where}: {needed!r} is not listed in 'files' with its sha256; "

@@ -367,16 +367,16 @@ def open_session(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     options: SessionOptions,
+    model_bytes: Mapping[Path, bytes] | None = None,
 ) -> BaseSession:
-    """Open ``model_path`` on ``runtime`` with ``options``.
+    """Open ``model_path`` on ``runtime`` (LiteRT/OpenVINO/ONNX Runtime: from ``model_bytes``, by path, if given).
 
     Raises:
-        BackendUnavailableError: the backend is missing, or the requested device is absent
-            and ``options.fallback`` is strict.
+        BackendUnavailableError: the backend is missing, or the device is absent and ``options.fallback`` is strict.
         InferenceError: the backend could not load the model.
     """
-    module = adapter_module(runtime)
-    return module.open_session(Path(model_path), list(inputs), list(outputs), options)
+    extra = {} if model_bytes is None else {"model_bytes": model_bytes}
+    return adapter_module(runtime).open_session(Path(model_path), list(inputs), list(outputs), options, **extra)
 
 
 def describe_model(runtime: Runtime, model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
