@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kind", choices=("baskets", "sequences"), help="recommendations, a CSV --dataset: its rows")
     parser.add_argument(
+        "--ivf-lists",
+        type=int,
+        help="recommendation models: also store an IVF index of N lists in the bundles (about sqrt(items); "
+        "recommend() searches it past the profile's latency budget)",
+    )
+    parser.add_argument(
         "--table-precision",
         choices=("int8", "fp16", "fp32"),
         default="int8",
@@ -158,6 +164,7 @@ def _run_recommendation(args: argparse.Namespace, profiles: list[HardwareProfile
         calibration_size=args.calibration_size,
         max_cases=args.eval_limit,
         seed=args.seed,
+        ivf_lists=args.ivf_lists,
     )
     dataset = open_rec_dataset(args.dataset, kind=args.kind, seed=args.seed, fallback=args.dataset in NAMED)
     source = RecSource.open(args.model, dataset.name)
