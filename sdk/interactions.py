@@ -262,8 +262,10 @@ def from_rows(
     """Interactions from item-index rows already in memory (tests, generated data).
 
     Raises:
-        ConfigError: a row holds an index outside the catalogue, or there are no rows.
+        ConfigError: the catalogue is empty, a row holds an index outside it, or there are no rows.
     """
+    if not len(catalogue):
+        raise ConfigError(f"{source}: the catalogue is empty; a recommender needs at least one item to rank")
     arrays = tuple(np.asarray(row, np.int32) for row in rows)
     if not arrays:
         raise ConfigError(f"{source}: no rows; give at least one basket or history")

@@ -110,6 +110,10 @@ def test_rec_bundle_succeeds_with_float_tables(table: np.ndarray, tmp_path: Path
         ({"encoder": "float32"}, "one \\(batch, max_len\\) int32 input"),
         ({"table": np.zeros((N, DIM + 1), np.float32)}, "one \\(batch, 7\\) user vector"),
         ({"catalogue": Catalogue(ids=("a",), names=("a",))}, "catalogue has 1 items but the item table has 9"),
+        (
+            {"table": np.zeros((0, DIM), np.float32)},
+            "item_table must be a float \\(n_items, dim\\) array, got shape \\(0, 6\\)",
+        ),
         ({"popularity": np.ones(N - 1)}, "popularity: expected 9 finite numbers"),
         ({"bias": np.ones((N, 1))}, "item bias: expected 9 finite numbers"),
         ({"table_precision": "int4"}, "table_precision 'int4' is not one of"),

@@ -126,6 +126,15 @@ def test_from_rows_fails_with_index_outside_the_catalogue_or_no_rows() -> None:
         from_rows([], catalogue, kind="baskets")
 
 
+def test_empty_catalogue_fails_everywhere_with_a_specific_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the catalogue is empty"):
+        from_rows([[0]], Catalogue(ids=(), names=()), kind="baskets")
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("user,item\n")
+    with pytest.raises(ConfigError, match="no interactions after the header"):
+        load_csv(header_only)
+
+
 def test_split_baskets_succeeds_with_each_item_hidden_once_per_held_out_basket() -> None:
     data = synthetic_baskets(n_baskets=200, n_items=20, seed=1)
     split = split_baskets(data, test_fraction=0.2, valid_fraction=0.1, seed=3)

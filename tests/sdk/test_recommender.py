@@ -234,7 +234,7 @@ def test_recommender_succeeds_with_blas_threads_reported_and_timings_split(onnx_
     assert onnx_rec.info.details["scoring_blas_threads"] == "1 (process-wide)"
     result = onnx_rec.recommend(["whole milk", "soda"])
     t = result.timings
-    assert 0 < t.encode_ms and 0 < t.score_ms and t.encode_ms + t.score_ms <= t.total_ms
+    assert t.encode_ms > 0 and t.score_ms > 0 and t.encode_ms + t.score_ms <= t.total_ms
     with pytest.raises(ConfigError, match="blas_threads is 0"):
         RecommenderOptions(blas_threads=0)
 
