@@ -196,9 +196,9 @@ class AsyncAdapter(Protocol):
         options: SessionOptions,
         *,
         requests: int | None,
+        model_bytes: Mapping[Path, bytes] | None = None,
     ) -> AsyncSession:
-        """A session tuned for throughput with ``requests`` in flight (None: the backend's optimum)."""
-        ...
+        """A throughput session, ``requests`` in flight (None: the optimum); ``model_bytes``: decrypted files."""
 
 
 _PROTOCOLS: dict[Capability, type] = {

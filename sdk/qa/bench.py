@@ -31,6 +31,7 @@ import numpy as np
 from sdk import preprocess as pp
 from sdk.bundle import Bundle
 from sdk.classifier import ImageClassifier
+from sdk.encryption import model_bytes_for_load
 from sdk.enums import Device, Runtime, Task
 from sdk.errors import BackendUnavailableError, ConfigError, InferenceError, InputError, ParityError
 from sdk.loading import Model, load
@@ -345,6 +346,8 @@ def _async_throughput(model: Model, tensors: list[np.ndarray], config: BenchConf
         list(manifest.outputs),
         model.plan.options,
         requests=config.async_requests,
+        # An encrypted bundle: decrypted in memory again with the environment's key, as sdk.load did.
+        model_bytes=model_bytes_for_load(model.bundle),
     )
     with session:
         requests = session.async_requests

@@ -185,6 +185,12 @@ def localize(
             f"layer localisation runs on {', '.join(r.value for r in able)} with {' or '.join(formats)} models, "
             f"not {runtime.value} with {fmt.value}; localise an {' or '.join(formats)} export of the model"
         )
+    encrypted = [b.path.name for b in (bundle, fp32) if b.manifest.encryption is not None]
+    if encrypted:
+        raise ConfigError(
+            f"layer localisation reads the model files from disk, and {', '.join(encrypted)} holds encrypted ones; "
+            "localise the plain (unencrypted) bundles the encrypted ones were made from"
+        )
     tolerance = LAYER_TOLERANCE.get(bundle.manifest.precision, 0.2) if tolerance is None else tolerance
     module = layer_outputs_adapter(runtime)
     candidate_feed = _feed(bundle, inputs)
