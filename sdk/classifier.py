@@ -23,6 +23,7 @@ from sdk.loading import Model
 from sdk.profiles import HardwareProfile
 from sdk.runtime import SessionInfo
 from sdk.task_options import check_session_fields, is_positive_int, load_for, options_or_default
+from sdk.unknown_spec import EMBEDDING_OUTPUT, l2_normalise, load_centroids, nearest_centroid_distance
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,10 +101,21 @@ class Timings:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassificationResult:
+    """The categories of one image, best first.
+
+    ``unknown`` is true when the bundle's calibrated rule (manifest section ``unknown``) says the
+    photo is not one of the trained products: the app should not show ``top1`` as the answer.
+    Bundles without the rule never say unknown.
+    """
+
     categories: tuple[Category, ...]
     timings: Timings
     ran: SessionInfo
     batch_size: int = 1
+    unknown: bool = False
+
+    def is_known(self) -> bool:
+        return not self.unknown
 
     @property
     def top1(self) -> Category:
@@ -114,6 +126,7 @@ class ClassificationResult:
             "categories": [dataclasses.asdict(c) for c in self.categories],
             "timings": self.timings.to_dict(),
             "batch_size": self.batch_size,
+            "unknown": self.unknown,
             "ran": self.ran.to_dict(),
         }
 
@@ -152,6 +165,8 @@ class ImageClassifier:
         Raises:
             ConfigError: the model is not an image classification bundle with preprocessing
                 (the model is closed before raising).
+            ManifestError: its 'unknown' rule needs centroids or an embedding output that do
+                not fit the bundle (the model is closed before raising).
         """
         manifest = model.bundle.manifest
         if manifest.task is not Task.IMAGE_CLASSIFICATION:
@@ -167,9 +182,13 @@ class ImageClassifier:
         self._options = options if options is not None else ClassifierOptions()
         self._pre = manifest.preprocessing
         self._input = manifest.inputs[0]
-        self._output = manifest.outputs[0]
+        # The logits, by name: a bundle may carry an embedding output beside them.
+        self._output = next((o for o in manifest.outputs if o.name != EMBEDDING_OUTPUT), manifest.outputs[0])
         self._output_kind = manifest.output_kind
         self._labels = model.bundle.labels
+        self._unknown = manifest.unknown
+        self._embedding = next((o for o in manifest.outputs if o.name == EMBEDDING_OUTPUT), None)
+        self._centroids = self._load_centroids(model)
 
     @classmethod
     def create(cls, bundle: str | Path | Bundle, options: ClassifierOptions | None = None) -> ImageClassifier:
@@ -289,6 +308,7 @@ class ImageClassifier:
         if self._output.quantization is not None:
             raw = self._output.quantization.dequantize(raw)
         scores = scores_from_output(raw, self._output_kind)
+        unknown = self._unknown_rows(scores, outputs, len(images))
         k = min(k_wanted, scores.shape[-1])
         results_idx = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
         t3 = time.perf_counter()
@@ -299,9 +319,42 @@ class ImageClassifier:
                 timings=timings,
                 ran=self.info,
                 batch_size=len(images),
+                unknown=bool(flag),
             )
-            for row, idx in zip(scores, results_idx, strict=True)
+            for row, idx, flag in zip(scores, results_idx, unknown, strict=True)
         ]
+
+    def _load_centroids(self, model: Model) -> np.ndarray | None:
+        """The distance rule's centroids, checked against the labels and the embedding output.
+
+        Raises:
+            ManifestError: the rule needs an embedding output the bundle lacks, or the centroids
+                file does not fit (the model is closed before raising).
+        """
+        if self._unknown is None or self._unknown.centroids_file is None:
+            return None
+        try:
+            if self._embedding is None or self._embedding.shape[-1] <= 0:
+                raise ManifestError(
+                    f"bundle {model.bundle.path}: its 'unknown' rule measures embedding distances but the model "
+                    f"has no fixed-size {EMBEDDING_OUTPUT!r} output; export it with with_embedding_output(model)"
+                )
+            return load_centroids(model.bundle.path, self._unknown, len(self._labels), self._embedding.shape[-1])
+        except ManifestError:
+            model.close()
+            raise
+
+    def _unknown_rows(self, scores: np.ndarray, outputs: dict[str, np.ndarray], batch: int) -> np.ndarray:
+        """Per image, whether the bundle's calibrated rule calls it unknown (all false without one)."""
+        if self._unknown is None:
+            return np.zeros(batch, bool)
+        distance = None
+        if self._centroids is not None and self._embedding is not None:
+            raw = outputs[self._embedding.name].reshape(batch, -1)
+            if self._embedding.quantization is not None:
+                raw = self._embedding.quantization.dequantize(raw)
+            distance = nearest_centroid_distance(l2_normalise(raw), self._centroids)
+        return self._unknown.rejects(scores.max(axis=-1), distance)
 
     def _checked_output(self, raw: np.ndarray, batch: int) -> np.ndarray:
         """The output as (batch, classes), its class count checked against the labels.

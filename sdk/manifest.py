@@ -31,6 +31,7 @@ from sdk.enums import ColorOrder, Interpolation, Layout, ModelFormat, OutputKind
 from sdk.errors import ManifestError
 from sdk.rec_manifest import RecommendationSpec
 from sdk.tensors import Quantization, TensorSpec
+from sdk.unknown_spec import UnknownRule
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -188,15 +189,15 @@ class Manifest:
     recommendation: RecommendationSpec | None = None
     # Which model files are AES-256-GCM ciphertext (sdk/encryption.py); None: none is.
     encryption: EncryptionSpec | None = None
+    unknown: UnknownRule | None = None  # a classifier's "unknown product" rule (sdk/unknown_spec.py)
     # Reserved; must be null (a signature is model.sig beside the manifest: sdk/signing.py).
     signature: None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         # Sections are written only when present, so other manifests read as they always did.
-        extra = {"recommendation": self.recommendation.to_dict()} if self.recommendation else {}
-        if self.encryption is not None:
-            extra["encryption"] = self.encryption.to_dict()
+        sections = {"recommendation": self.recommendation, "encryption": self.encryption, "unknown": self.unknown}
+        extra = {key: spec.to_dict() for key, spec in sections.items() if spec is not None}
         return {
             "schema_version": self.schema_version,
             "name": self.name,
@@ -263,8 +264,7 @@ class Manifest:
         recommendation_reader = r.child("recommendation", required=False)
         encryption_reader = r.child("encryption", required=False)
         assert provenance_reader is not None
-        signature = r.optional("signature", None)
-        if signature is not None:
+        if r.optional("signature", None) is not None:
             raise r.fail("'signature' must be null: signed bundles need a newer schema version")
         manifest = cls(
             schema_version=version,
@@ -284,13 +284,15 @@ class Manifest:
             kept_in_float=_kept_in_float(r),
             recommendation=RecommendationSpec.from_reader(recommendation_reader) if recommendation_reader else None,
             encryption=EncryptionSpec.from_reader(encryption_reader) if encryption_reader else None,
+            unknown=UnknownRule.from_section(r, "unknown"),
         )
         r.finish()
-        if manifest.recommendation is not None and manifest.task is not Task.RECOMMENDATION:
-            raise ManifestError(f"{where}: a {manifest.task.value} bundle cannot have a 'recommendation' section")
-        rec_files = manifest.recommendation.files if manifest.recommendation else ()
-        encrypted = manifest.encryption.files if manifest.encryption else ()
-        for needed in filter(None, (manifest.model_file, manifest.labels_file, *rec_files, *encrypted)):
+        for section, task in (("recommendation", Task.RECOMMENDATION), ("unknown", Task.IMAGE_CLASSIFICATION)):
+            if getattr(manifest, section) is not None and manifest.task is not task:
+                raise ManifestError(f"{where}: a {manifest.task.value} bundle cannot have a {section!r} section")
+        sections = (manifest.recommendation, manifest.encryption, manifest.unknown)
+        section_files = [name for spec in sections if spec is not None for name in spec.files]
+        for needed in filter(None, (manifest.model_file, manifest.labels_file, *section_files)):
             if needed not in manifest.files:
                 raise ManifestError(
                     f"{where}: {needed!r} is not listed in 'files' with its sha256; "

@@ -22,6 +22,7 @@ from sdk.errors import ConfigError, ConversionError, InferenceError
 from sdk.manifest import MANIFEST_NAME, KeptInFloat, Manifest, Provenance, Step
 from sdk.runtime import describe_model
 from sdk.tensors import TensorSpec
+from sdk.unknown_spec import EMBEDDING_OUTPUT
 from sdk.versions import tool_versions
 
 LABELS_FILE = "labels.txt"
@@ -214,4 +215,8 @@ def _describe(
     if task in IMAGE_TASKS:
         # Keras image models are channels-last; the adapter only guesses from the shape.
         inputs = [dataclasses.replace(s, layout=Layout.NHWC) if len(s.shape) == 4 else s for s in inputs]
+        # A classifier with an embedding output lists its logits first whatever order the format
+        # keeps (TFLite sorts by name): readers of one output take outputs[0].
+        if task is Task.IMAGE_CLASSIFICATION:
+            outputs = sorted(outputs, key=lambda s: s.name == EMBEDDING_OUTPUT)
     return tuple(inputs), tuple(outputs)

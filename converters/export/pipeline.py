@@ -31,6 +31,7 @@ from sdk.bundle import Bundle
 from sdk.enums import ModelFormat, OutputKind, Task
 from sdk.errors import ConfigError
 from sdk.manifest import Preprocessing
+from sdk.unknown_spec import EMBEDDING_OUTPUT
 
 if TYPE_CHECKING:
     import keras
@@ -270,7 +271,8 @@ def _check_against_model(
                 f"{where}: preprocessing.size is {tuple(preprocessing.size)} but input {image.name!r} "
                 f"takes {model_size[0]}x{model_size[1]} images; set Preprocessing(size={tuple(model_size)}, ...)"
             )
-    output = opened.outputs[0]
+    # A classifier exported with its embedding (converters/models/embedding.py): the logits decide.
+    output = next((o for o in opened.outputs if o.name != EMBEDDING_OUTPUT), opened.outputs[0])
     if output_kind is OutputKind.EMBEDDING:
         if labels:
             raise ConfigError(f"{where}: an embedding model has no classes; pass labels=()")
