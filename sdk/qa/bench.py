@@ -1,7 +1,4 @@
-"""``bench_bundle``: how fast and how big one bundle is on one runtime/device, measured the way
-DESIGN.md ("Benchmarks") and issue 4 ask.
-
-Per bundle x runtime:
+"""``bench_bundle``: how fast and how big one bundle is on one runtime/device (DESIGN.md "Benchmarks"). Per bundle x runtime:
 
 - inference-only latency: ``Model.run`` on preprocessed tensors after warm-up, until
   ``min_time_s`` and ``repeats`` calls (:mod:`sdk.qa.bench_stats` for the statistics);
@@ -336,8 +333,7 @@ def _throughput(model: Model, tensors: list[np.ndarray], config: BenchConfig) ->
 
 
 def _async_throughput(model: Model, tensors: list[np.ndarray], config: BenchConfig) -> ThroughputPoint:
-    # A second session, tuned by the adapter for throughput: the latency-tuned one runs one
-    # stream, so parallel requests on it would measure queueing, not throughput.
+    # A second session tuned for throughput: parallel requests on the one-stream latency session would queue.
     manifest = model.bundle.manifest
     adapter = async_adapter(model.plan.runtime)
     session = adapter.open_async_session(
@@ -346,8 +342,7 @@ def _async_throughput(model: Model, tensors: list[np.ndarray], config: BenchConf
         list(manifest.outputs),
         model.plan.options,
         requests=config.async_requests,
-        # An encrypted bundle: decrypted in memory again with the environment's key, as sdk.load did.
-        model_bytes=model_bytes_for_load(model.bundle),
+        model_bytes=model_bytes_for_load(model.bundle),  # encrypted: decrypted in memory (the environment's key)
     )
     with session:
         requests = session.async_requests
