@@ -1,4 +1,4 @@
-"""``bench_bundle``: how fast and how big one bundle is on one runtime/device (DESIGN.md "Benchmarks"). Per bundle x runtime:
+"""``bench_bundle``: how fast and how big one bundle is on one runtime/device. Per bundle x runtime:
 
 - inference-only latency: ``Model.run`` on preprocessed tensors after warm-up, until
   ``min_time_s`` and ``repeats`` calls (:mod:`sdk.qa.bench_stats` for the statistics);
