@@ -13,18 +13,21 @@ from __future__ import annotations
 
 from sdk.bundle import Bundle
 from sdk.classifier import Category, ClassificationResult, ClassifierOptions, ImageClassifier, Timings
+from sdk.embedder import EmbedderOptions, Embedding, ImageEmbedder
 from sdk.enums import Device, FallbackPolicy, ModelFormat, Precision, Runtime, Task
 from sdk.errors import (
     BackendUnavailableError,
     BundleError,
     ConfigError,
     ConversionError,
+    DecryptionError,
     InferenceError,
     InputError,
     ManifestError,
     ParityError,
     ProfileError,
     ShelfedgeError,
+    SignatureError,
 )
 from sdk.loading import Model, load
 from sdk.manifest import Manifest
@@ -43,10 +46,14 @@ __all__ = [
     "ClassifierOptions",
     "ConfigError",
     "ConversionError",
+    "DecryptionError",
     "Device",
+    "EmbedderOptions",
+    "Embedding",
     "FallbackPolicy",
     "HardwareProfile",
     "ImageClassifier",
+    "ImageEmbedder",
     "InferenceError",
     "InputError",
     "Manifest",
@@ -63,6 +70,7 @@ __all__ = [
     "RecommenderOptions",
     "Runtime",
     "ShelfedgeError",
+    "SignatureError",
     "Task",
     "Timings",
     "list_profiles",
