@@ -30,8 +30,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from demo_app.catalogue import MAPPING_PATH, ProductCatalogue, read_mapping
+from demo_app.enrol_api import add_enrol_routes, answer, open_enrolment
+from demo_app.enrolment import DEFAULT_ENROL_DB, MAX_PHOTOS, Enrolment, enrolled_id
 from demo_app.metrics import CONTENT_TYPE, Metrics
 from demo_app.sessions import SESSION_COOKIE, BasketStore
+from demo_app.uploads import ApiError, read_upload, too_large
 from sdk import ImageClassifier, Recommender
 from sdk.enums import ColorOrder
 from sdk.errors import ConfigError, InferenceError, InputError
@@ -43,19 +46,6 @@ STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-6 MB
 # Multipart framing around the file (boundaries, part headers) on top of the file itself.
 _FORM_OVERHEAD = 16 * 2**10
-_SIGNATURES = (  # the encoded formats sdk.preprocess.decode_image reads
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-)  # fmt: skip
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class BasketItem(BaseModel):
@@ -72,6 +62,8 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     mapping: str | Path = MAPPING_PATH,
     baskets: BasketStore | None = None,
+    enrol_db: str | Path | None = DEFAULT_ENROL_DB,
+    enrol_threshold: float | None = None,
 ) -> FastAPI:
     """The kiosk app, its models opened now (errors surface at start-up, not on the first request).
 
@@ -81,10 +73,15 @@ def create_app(
         profile: hardware profile for both models (id, YAML path or loaded profile).
         catalogue_root: the Grocery Store dataset folder for product images and descriptions
             (None: names only).
-        api_key: when set, the write endpoints (POST/DELETE ``/api/basket``) require it in ``X-API-Key``.
+        api_key: when set, the write endpoints (POST/DELETE ``/api/basket`` and ``/api/enrol``) require it
+            in ``X-API-Key``.
         max_upload_bytes: the largest photo accepted (larger: 413).
         mapping: the class -> basket category CSV (default: ``demo_app/mapping.csv``).
         baskets: the session basket store (default: 10,000 sessions of at most 50 items).
+        enrol_db: the SQLite file of enrolled products (None: enrolment off). Enrolment needs a
+            classifier bundle with an ``embedding`` output; without one ``/api/enrol`` answers 503.
+        enrol_threshold: the cosine distance under which a photo is an enrolled product (None:
+            the bundle's distance threshold, else ``demo_app.enrolment.DEFAULT_ENROL_DISTANCE``).
 
     Raises:
         ConfigError: ``max_upload_bytes`` is not a positive integer, the mapping is unreadable,
@@ -96,10 +93,14 @@ def create_app(
         raise ConfigError(f"max_upload_bytes is {max_upload_bytes!r}; pass a positive byte count")
     categories = read_mapping(mapping)
     classifier = ImageClassifier.from_bundle(classifier_bundle, profile=profile, top_k=3)
+    enrolment: Enrolment | None = None
     try:
         recommender = Recommender.from_bundle(recommender_bundle, profile=profile, k=5)
+        enrolment, enrol_off = open_enrolment(classifier.model.bundle, enrol_db, profile, enrol_threshold)
     except BaseException:
         classifier.close()
+        if "recommender" in locals():
+            recommender.close()
         raise
     state = _State(
         classifier=classifier,
@@ -108,6 +109,8 @@ def create_app(
         baskets=baskets if baskets is not None else BasketStore(),
         metrics=Metrics(),
         max_upload_bytes=max_upload_bytes,
+        enrolment=enrolment,
+        enrol_off=enrol_off,
     )
     state.metrics.set_model_info("classifier", _info_labels(classifier_bundle, classifier.info))
     state.metrics.set_model_info("recommender", _info_labels(recommender_bundle, recommender.info))
@@ -117,11 +120,17 @@ def create_app(
         yield
         classifier.close()
         recommender.close()
+        if enrolment is not None:
+            enrolment.close()
 
     app = FastAPI(title="shelfedge kiosk", version="0.1.0", lifespan=lifespan)
     app.state.kiosk = state
     _add_handlers(app, state)
     _add_routes(app, state, _key_check(api_key))
+    add_enrol_routes(
+        app, enrolment=enrolment, off=enrol_off, categories=set(recommender.catalogue.ids),
+        max_upload_bytes=max_upload_bytes, require_key=_key_check(api_key),
+    )  # fmt: skip
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -134,6 +143,19 @@ class _State:
         self.baskets: BasketStore = fields["baskets"]
         self.metrics: Metrics = fields["metrics"]
         self.max_upload_bytes: int = fields["max_upload_bytes"]
+        self.enrolment: Enrolment | None = fields["enrolment"]
+        self.enrol_off: str | None = fields["enrol_off"]
+        rule = self.classifier.model.bundle.manifest.unknown
+        self.unknown_rule = {"rule": rule.rule, "threshold": rule.threshold} if rule is not None else None
+
+    def product(self, label: str) -> dict[str, Any] | None:
+        """A class or enrolled product's JSON, or None when there is no such product."""
+        enrolled = enrolled_id(label)
+        if enrolled is not None and self.enrolment is not None:
+            found = self.enrolment.store.get(enrolled)
+            return found.to_dict() if found else None
+        product = self.products.get(label)
+        return product.to_dict() if product else None
 
 
 def _info_labels(bundle: str | Path, info: SessionInfo) -> dict[str, str]:
@@ -201,39 +223,16 @@ def _add_handlers(app: FastAPI, state: _State) -> None:
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
         length = request.headers.get("content-length", "")
-        if request.method == "POST" and length.isdigit() and int(length) > state.max_upload_bytes + _FORM_OVERHEAD:
-            response: Response = _error(413, _too_large(int(length), state.max_upload_bytes))
+        files = MAX_PHOTOS if request.url.path == "/api/enrol" else 1
+        limit = files * (state.max_upload_bytes + _FORM_OVERHEAD)
+        if request.method == "POST" and length.isdigit() and int(length) > limit:
+            response: Response = _error(413, too_large(int(length), files * state.max_upload_bytes))
         else:
             response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "unmatched")
         state.metrics.observe_request(request.method, path, response.status_code, time.perf_counter() - start)
         return response
-
-
-def _too_large(size: int, limit: int) -> str:
-    return f"the upload is {size:,} bytes, over this server's limit of {limit:,}; send a smaller or resized photo"
-
-
-def _read_upload(image: UploadFile, limit: int) -> bytes:
-    """The uploaded bytes, refused when empty (400), too large (413) or not an image format (415).
-
-    Raises:
-        ApiError: as above, with a message naming the problem and the fix.
-    """
-    data = image.file.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, _too_large(len(data), limit).replace("is ", "is over ", 1))
-    if not data:
-        raise ApiError(400, f"the uploaded file {image.filename!r} is empty; send a JPEG or PNG photo")
-    is_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
-    if not is_webp and not any(data.startswith(sig) for sig, _ in _SIGNATURES):
-        raise ApiError(
-            415,
-            f"the uploaded file {image.filename!r} (sent as {image.content_type or 'no type'}) is not a "
-            "JPEG, PNG, WebP, GIF, BMP or TIFF image; send a photo",
-        )
-    return data
 
 
 def _session(request: Request, response: Response) -> str:
@@ -255,7 +254,7 @@ def _add_routes(app: FastAPI, state: _State, require_key: Callable[[Request], No
     @app.post("/api/recognise", summary="Recognise the product in a photo (multipart field 'image')")
     def recognise(image: Annotated[UploadFile, File()]) -> dict[str, Any]:
         start = time.perf_counter()
-        data = _read_upload(image, state.max_upload_bytes)
+        data = read_upload(image, state.max_upload_bytes)
         pixels = decode_image(data, max_bytes=state.max_upload_bytes)
         decoded = time.perf_counter()
         result = state.classifier.classify(pixels, array_color=ColorOrder.RGB)
@@ -265,8 +264,9 @@ def _add_routes(app: FastAPI, state: _State, require_key: Callable[[Request], No
         for c in result.categories:
             product = products.get(c.label)
             top.append({"label": c.label, "score": round(c.score, 6), **(product.to_dict() if product else {})})
+        body = answer(state.enrolment, pixels, top, result.unknown, timings)
         timings["server_ms"] = round((time.perf_counter() - start) * 1e3, 3)
-        return {"product": top[0], "top": top, "timings": timings, "ran": _ran(result.ran)}
+        return {**body, "unknown_rule": state.unknown_rule, "top": top, "timings": timings, "ran": _ran(result.ran)}
 
     @app.get("/api/basket", summary="This browser session's basket")
     def basket(request: Request, response: Response) -> dict[str, Any]:
@@ -274,7 +274,7 @@ def _add_routes(app: FastAPI, state: _State, require_key: Callable[[Request], No
 
     @app.post("/api/basket", summary="Add a product (a class label) to the basket", dependencies=[Depends(require_key)])
     def add(item: BasketItem, request: Request, response: Response) -> dict[str, Any]:
-        if item.label not in products:
+        if state.product(item.label) is None:
             raise ApiError(404, f"unknown product {item.label!r}; GET /api/products lists the products")
         return _basket_body(state, state.baskets.add(_session(request, response), item.label))
 
@@ -319,8 +319,7 @@ def _add_routes(app: FastAPI, state: _State, require_key: Callable[[Request], No
 def _basket_body(state: _State, labels: list[str]) -> dict[str, Any]:
     items = []
     for label in labels:
-        product = state.products.get(label)
-        items.append(product.to_dict() if product else {"label": label, "name": label, "category": None})
+        items.append(state.product(label) or {"label": label, "name": label, "category": None})
     return {"items": items, "count": len(items)}
 
 
@@ -334,8 +333,8 @@ def _recommend(state: _State, basket: list[str], k: int) -> dict[str, Any]:
     categories: list[str] = []
     unmapped: list[str] = []
     for label in basket:
-        product = state.products.get(label)
-        category = product.category if product else None
+        product = state.product(label)
+        category = product["category"] if product else None
         if category is None or category not in known:
             unmapped.append(label)
         elif category not in categories:
