@@ -93,15 +93,12 @@ def create_app(
         raise ConfigError(f"max_upload_bytes is {max_upload_bytes!r}; pass a positive byte count")
     categories = read_mapping(mapping)
     classifier = ImageClassifier.from_bundle(classifier_bundle, profile=profile, top_k=3)
-    enrolment: Enrolment | None = None
-    try:
+    with contextlib.ExitStack() as opened:  # on an error, close what was opened
+        opened.callback(classifier.close)
         recommender = Recommender.from_bundle(recommender_bundle, profile=profile, k=5)
+        opened.callback(recommender.close)
         enrolment, enrol_off = open_enrolment(classifier.model.bundle, enrol_db, profile, enrol_threshold)
-    except BaseException:
-        classifier.close()
-        if "recommender" in locals():
-            recommender.close()
-        raise
+        opened.pop_all()
     state = _State(
         classifier=classifier,
         recommender=recommender,
