@@ -68,6 +68,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "parity + bench for every bundle x hardware profile that can run here, one table and report",
     ),
     "quickstart": ("cli.quickstart", "the main job: train, export to every format, compare runtimes"),
+    "demo": ("cli.demo", "the kiosk web app (recognise, basket, recommend) on loopback, over bundles only"),
 }
 
 
