@@ -196,8 +196,8 @@ def build_app(
     """
     from demo_app.server import create_app  # the optional `demo` extra, as in run()
 
-    root = Path(catalogue) if catalogue else default_data_root()
-    if catalogue is None and not (root / "classes.csv").is_file():
+    root: Path | None = Path(catalogue) if catalogue else default_data_root()
+    if catalogue is None and root is not None and not (root / "classes.csv").is_file():
         root = None
     return create_app(
         image, rec, profile=profile, catalogue_root=root, api_key=api_key, max_upload_bytes=max_upload_bytes
