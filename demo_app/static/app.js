@@ -47,13 +47,29 @@ async function recognise(blob, name) {
   } catch (e) { showError(e); }
 }
 
-function showResult(data) {
+function showProduct(data) {
   const p = data.product;
-  $("result").hidden = false;
-  $("product-name").textContent = `${p.name || p.label} (${(100 * p.score).toFixed(1)}%)`;
+  $("product-name").classList.toggle("unknown", !data.known);
+  $("product-add").hidden = !data.enrolled;
+  if (!p) {  // the bundle's rule says this is none of the products: say so instead of guessing
+    const rule = data.unknown_rule;
+    $("product-name").textContent = data.message || "I don't know this product";
+    $("product-description").textContent = (rule ? `(${rule.rule} rule, threshold ${rule.threshold.toFixed(3)}) ` : "") +
+      "Pick it below if it is one of these, or enrol it as a new product.";
+    $("product-image").hidden = true;
+    return;
+  }
+  const how = data.enrolled ? `enrolled product, similarity ${(100 * p.score).toFixed(1)}%` : `${(100 * p.score).toFixed(1)}%`;
+  $("product-name").textContent = `${p.name || p.label} (${how})`;
   $("product-description").textContent = p.description || "";
+  $("product-add").onclick = () => addToBasket(p.label);
   $("product-image").hidden = !p.has_image;
   if (p.has_image) { $("product-image").src = thumb(p).src; $("product-image").alt = p.name; }
+}
+
+function showResult(data) {
+  $("result").hidden = false;
+  showProduct(data);
   const list = $("top");
   list.replaceChildren();
   for (const c of data.top) {
@@ -122,6 +138,39 @@ async function refreshRecs() {
     `total ${data.timings.total_ms} ms — ${data.ran.runtime} on ${data.ran.device}${notes}`;
 }
 
+async function refreshEnrolled() {
+  let data;
+  try { data = await api("GET", "/api/enrol"); } catch (e) { $("enrol-status").textContent = e.message; return; }
+  const list = $("enrolled");
+  list.replaceChildren();
+  for (const p of data.products) {
+    const li = el("li", `${p.name}${p.category ? ` (${p.category})` : ""} — ${p.photos} photo(s) `);
+    const remove = el("button", "delete", "small");
+    remove.type = "button";
+    remove.addEventListener("click", async () => {
+      try { await api("DELETE", `/api/enrol/${p.id}`); await refreshEnrolled(); } catch (e) { showError(e); }
+    });
+    li.append(remove);
+    list.append(li);
+  }
+}
+
+async function enrol(event) {
+  event.preventDefault();
+  const files = $("enrol-photos").files;
+  if (files.length < 1 || files.length > 5) { $("enrol-status").textContent = "Choose 1 to 5 photos."; return; }
+  const form = new FormData();
+  for (const f of files) form.append("photos", f, f.name);
+  form.append("name", $("enrol-name").value);
+  form.append("category", $("enrol-category").value);
+  try {
+    const data = await api("POST", "/api/enrol", form, false);
+    $("enrol-status").textContent = `Enrolled ${data.product.name} from ${data.product.photos} photo(s).`;
+    $("enrol-form").reset();
+    await refreshEnrolled();
+  } catch (e) { $("enrol-status").textContent = e.message; }
+}
+
 let stream = null;
 
 async function startCamera() {
@@ -149,3 +198,5 @@ $("basket-clear").addEventListener("click", () => removeFromBasket(null));
 $("api-key").value = localStorage.getItem("shelfedge-api-key") || "";
 $("api-key").addEventListener("change", (e) => localStorage.setItem("shelfedge-api-key", e.target.value));
 api("GET", "/api/basket").then(showBasket).then(refreshRecs).catch(showError);
+$("enrol-form").addEventListener("submit", enrol);
+refreshEnrolled();
