@@ -357,10 +357,13 @@ class Enrolment:
         """
         if not len(self.store):
             return None, None
-        vector = self.vector(pixels)
+        return self.match_vector(self.vector(pixels))
+
+    def match_vector(self, vector: np.ndarray) -> tuple[Match | None, float | None]:
+        """As :meth:`match`, for a unit embedding already computed."""
         centroid = None
         if self._centroids is not None:
-            centroid = float(nearest_centroid_distance(vector[None, :], self._centroids)[0])
+            centroid = float(nearest_centroid_distance(np.asarray(vector, np.float32)[None, :], self._centroids)[0])
         return self.store.nearest(vector), centroid
 
     def close(self) -> None:
