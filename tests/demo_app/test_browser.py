@@ -163,7 +163,9 @@ def _y4m(photo: Path, path: Path, frames: int = 10) -> Path:
     """``photo`` as a YUV4MPEG2 (4:2:0) clip for ``--use-file-for-fake-video-capture``."""
     import cv2
 
-    bgr = cv2.resize(cv2.imread(str(photo)), (320, 240), interpolation=cv2.INTER_AREA)
+    original = cv2.imread(str(photo))
+    assert original is not None, f"OpenCV cannot read {photo}"
+    bgr = cv2.resize(original, (320, 240), interpolation=cv2.INTER_AREA)
     i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
     with path.open("wb") as f:
         f.write(b"YUV4MPEG2 W320 H240 F10:1 Ip A1:1 C420jpeg\n")
