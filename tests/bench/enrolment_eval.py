@@ -53,7 +53,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-per-class", type=int, default=0, help="cap train photos per class (0: all)")
     p.add_argument("--val-per-class", type=int, default=0, help="cap val photos per class (0: all)")
     p.add_argument("--noise", type=int, default=40, help="generated non-product images")
-    p.add_argument("--rule", choices=("auto", "confidence", "distance"), default="auto", help="unknown rule to calibrate")
+    p.add_argument("--rule", choices=("auto", "confidence", "distance"), default="auto", help="unknown rule")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     train, val = restrict(train_all, kept), restrict(val_all, kept)
     args.out.mkdir(parents=True, exist_ok=True)
     path = train_and_export(train, args, args.out)
-    bundle = calibrate_unknown(path, train=train, val=val, rule=args.rule, progress=lambda m: print(f"[calibrate] {m}", flush=True))
+    say = lambda m: print(f"[calibrate] {m}", flush=True)  # noqa: E731
+    bundle = calibrate_unknown(path, train=train, val=val, rule=args.rule, progress=say)
     rule = bundle.manifest.unknown
     assert rule is not None
     db = Path(tempfile.mkdtemp()) / "enrolled.sqlite"
