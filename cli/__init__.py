@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("cli.classify", "classify images with a bundle on a runtime/device"),
     "recommend": ("cli.recommend", "recommend items for a basket or history with a recommendation bundle"),
     "eval": ("cli.eval", "accuracy of bundles on a labelled image dataset, through sdk.load"),
+    "kiosk-bundle": (
+        "cli.kiosk_bundle",
+        "the kiosk's image bundle: the model re-exported with its embedding and a calibrated unknown-product rule",
+    ),
     "rec-bench": (
         "cli.rec_bench",
         "recommend() latency end to end per recommendation bundle and runtime, interleaved, p50/p90/p99",

@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         if (image is None and found_image is None) or (rec is None and found_rec is None):
             build_default_bundles(out, args.profile, allowed=not args.no_build)
             found_image, found_rec = default_bundles(out, profile_id)
+        if image is None and not _is_kiosk(found_image) and not args.no_build:
+            build_kiosk_bundle(out)  # the embedding and unknown rule that recognise and enrolment use
+            found_image = default_bundles(out, profile_id)[0]
         image = image or found_image
         rec = rec or found_rec
         if image is None or rec is None:
@@ -123,13 +126,33 @@ def _url_host(host: str) -> str:
 
 def default_bundles(out: Path, profile: str) -> tuple[Path | None, Path | None]:
     """The quickstart's image and recommender bundles under ``out``, converted for ``profile`` first."""
-    image = _first_bundle(out / "convert" / profile, "image_classification") or _bundle_at(
-        out / "bundles" / "shelf_cnn-onnx-fp32"
+    image = (
+        _first_bundle(out / "kiosk", "image_classification")
+        or _first_bundle(out / "convert" / profile, "image_classification")
+        or _bundle_at(out / "bundles" / "shelf_cnn-onnx-fp32")
     )
     rec = _first_bundle(out / "rec" / "convert" / profile, None, items=True)
     if rec is None:
         rec = _first_bundle(out / "rec" / "bundles", None, items=True, suffix="-onnx-fp32")
     return image, rec
+
+
+def _is_kiosk(path: Path | None) -> bool:
+    return path is not None and path.parent.name == "kiosk"
+
+
+def build_kiosk_bundle(out: Path) -> None:
+    """``shelfedge kiosk-bundle`` from quickstart's Keras bundle, in a child process (TensorFlow stays out).
+
+    A failure is logged and the demo goes on with the bundle it has (no enrolment, no unknown rule).
+    """
+    source = out / "bundles" / "shelf_cnn-keras-fp32"
+    if not (source / "manifest.json").is_file():
+        return
+    command = [sys.executable, "-m", "cli", "kiosk-bundle", "--model", str(source), "--out", str(out / "kiosk")]
+    log("shelfedge demo: making the kiosk image bundle (embedding + calibrated unknown rule) ...")
+    if subprocess.run(command, check=False).returncode != 0:
+        log("shelfedge demo: kiosk-bundle failed (see above): serving without enrolment or the unknown rule")
 
 
 def _bundle_at(path: Path) -> Path | None:

@@ -54,6 +54,8 @@ def test_default_bundles_succeeds_with_the_converted_ones_first(tmp_path: Path) 
     rec_converted = _fake_bundle(tmp_path / "rec" / "convert" / "p" / "baskets-p-int8", "recommendation", items=True)
     assert default_bundles(tmp_path, "p") == (converted, rec_converted)
     assert default_bundles(tmp_path, "other") == (fp32, rec_fp32)
+    kiosk = _fake_bundle(tmp_path / "kiosk" / "shelf_cnn-kiosk-onnx-fp32", "image_classification")  # embedding + rule
+    assert default_bundles(tmp_path, "p") == (kiosk, rec_converted)
 
 
 def test_demo_fails_with_no_bundles_and_no_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,3 +205,25 @@ def test_manifest_fails_with_unknown_section_that_breaks_the_schema(
         )
     plain = Manifest.from_dict({**data, "unknown": confident})
     assert Manifest.from_dict(json.loads(plain.to_json())) == plain and "unknown" not in data
+
+
+def test_cli_kiosk_bundle_succeeds_with_embedding_and_distance_rule(
+    tiny_cnn: Callable[..., Any], shelf_data: Path, tmp_path: Path, capsys
+) -> None:
+    from cli import main
+    from converters.export.pipeline import export
+    from sdk.data import load_split
+    from sdk.manifest import Preprocessing
+
+    pre = Preprocessing(size=(SIZE, SIZE), mean=(127.5,) * 3, std=(127.5,) * 3)
+    source = export(
+        tiny_cnn(classes=6, size=SIZE, seed=5, pointwise=12), out_dir=tmp_path / "src", formats=["keras"],
+        name="tiny", labels=load_split(shelf_data, "train").class_names, preprocessing=pre,
+    )[ModelFormat.KERAS]  # fmt: skip
+    argv = ["kiosk-bundle", "--model", str(source.path), "--data", str(shelf_data), "--out", str(tmp_path / "k")]
+    assert main([*argv, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    bundle = Bundle.open(payload["bundle"])
+    assert bundle.manifest.unknown is not None and bundle.manifest.unknown.rule == "distance"
+    assert EMBEDDING_OUTPUT in [o.name for o in bundle.manifest.outputs] and payload["unknown"]["rule"] == "distance"
+    assert ImageEmbedder.from_bundle(bundle.path).dimension == 12
