@@ -77,7 +77,7 @@ def recommender_stages(
     example = _example(dataset, bundles)
     planted = _planted_top1(dataset, bundles["onnx"]) if dataset.synthetic else None
     release, release_rows, released = release_stages(dataset, data, result.chosen().student_dir, profile, out / "rec")
-    rows = _rows(comparison, bundles, example, planted) + release_rows
+    rows = _rows(comparison, bundles, example, planted, synthetic=dataset.synthetic) + release_rows
     return RecStages(
         dataset=dataset.name,
         synthetic=dataset.synthetic,
@@ -150,13 +150,17 @@ def _planted_top1(dataset: RecDataset, bundle: str) -> float:
 
 
 def _rows(
-    comparison: Any, bundles: dict[str, str], example: dict[str, Any], planted: float | None
+    comparison: Any, bundles: dict[str, str], example: dict[str, Any], planted: float | None, *, synthetic: bool
 ) -> list[dict[str, str]]:
     reports = {row.name: row.report for row in comparison.rows}
     ndcg = "; ".join(f"{name} {r.metric('ndcg@10').format(3)}" for name, r in reports.items())
     kd = next((p for p in comparison.paired if "KD" in p.model_a and "labels" in p.model_b), None)
+    stand_in = ", synthetic stand-in" if synthetic and not comparison.dataset.startswith("synthetic") else ""
     rows = [
-        {"stage": f"recommender ({comparison.dataset})", "result": f"test NDCG@10 [95% CI]: {ndcg}"},
+        {
+            "stage": f"recommender ({comparison.dataset}{stand_in})",
+            "result": f"test NDCG@10 [95% CI]: {ndcg}",
+        },
         {
             "stage": "recommender bundles",
             "result": f"{', '.join(bundles)}; basket {example['basket']} -> "
