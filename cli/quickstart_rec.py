@@ -94,11 +94,10 @@ def recommender_stages(
 def _package(dataset: RecDataset, chosen: Any, out: Path) -> dict[str, str]:
     from converters.export.rec_bundle import package_recommender
     from converters.models.rec_student import ENCODER_FILE
+    from converters.training.rec_teacher_bundle import train_popularity
 
     student = chosen.student
-    popularity = np.zeros(dataset.split.n_items)
-    for row in dataset.split.train:  # the cold-start answer must not know the test baskets
-        np.add.at(popularity, np.unique(row), 1.0)
+    popularity = train_popularity(dataset)  # training rows only: cold start must not know the test items
     made = package_recommender(
         chosen.student_dir / ENCODER_FILE,  # the file on disk: the bundles' lineage names it
         student.item_table,

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cli import emit, log
 from sdk.errors import ConfigError
 from sdk.rec_datasets import NAMED, RecDataset, open_rec_dataset
@@ -91,12 +89,10 @@ def _package(dataset: RecDataset, chosen: Any, out: Path, precision: str, ivf_li
     """The chosen student (a ``DistillRecResult``) as LiteRT, OpenVINO and ONNX bundles with its item table."""
     from converters.export.rec_bundle import package_recommender
     from converters.models.rec_student import ENCODER_FILE
+    from converters.training.rec_teacher_bundle import train_popularity
 
     student = chosen.student
-    # Popularity from the training rows only: the cold-start answer must not know the test items.
-    popularity = np.zeros(dataset.split.n_items)
-    for row in dataset.split.train:
-        np.add.at(popularity, np.unique(row), 1.0)
+    popularity = train_popularity(dataset)  # training rows only: cold start must not know the test items
     name = f"{dataset.name}-{student.config.get('shape')}{student.config.get('dim')}"
     log(f"[rec-distill] packaging {name} (best epoch {chosen.best_epoch}, val NDCG@10 {chosen.val_ndcg10:.4f})")
     bundles = package_recommender(

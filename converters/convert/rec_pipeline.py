@@ -30,7 +30,7 @@ import numpy as np
 from converters.convert.choice import choose
 from converters.convert.plan import ConvertPlan, plan
 from converters.convert.rec_report import REC_COLUMNS, RecConvertReport, RecVariant
-from converters.convert.rec_source import RecSource, train_popularity
+from converters.convert.rec_source import RecSource
 from converters.convert.rec_verify import RecEvaluation, make_rec_variant, ndcg_eval_fn, verify_recommender
 from converters.convert.variants import make_candidates
 from converters.export.rec_bundle import add_items_from, package_recommender
@@ -39,6 +39,7 @@ from converters.models.sasrec import pad_histories
 from converters.quantize.calibration import CalibrationSet, from_arrays
 from converters.training.loop import Log
 from converters.training.rec_distill_data import student_examples
+from converters.training.rec_teacher_bundle import train_popularity
 from sdk.bundle import Bundle, write_bundle
 from sdk.enums import ModelFormat, Precision
 from sdk.errors import ConfigError

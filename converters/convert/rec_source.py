@@ -174,11 +174,3 @@ def is_recommendation_source(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("task") == Task.RECOMMENDATION.value
-
-
-def train_popularity(dataset: RecDataset) -> np.ndarray:
-    """How many training rows hold each item: the cold-start ranking, which must not know the test items."""
-    popularity = np.zeros(dataset.split.n_items)
-    for row in dataset.split.train:
-        np.add.at(popularity, np.unique(row), 1.0)
-    return popularity
