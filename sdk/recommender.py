@@ -91,7 +91,9 @@ class Recommender:
         self._categories = items.catalogue.category_index()
         # Dequantized once (in IVF list order when indexed): a float32 GEMV is ~25x faster than int8 x scales.
         self._scorer = ItemScorer(items)
-        self._blas = limit_blas(self._options.blas_threads)
+        blas = limit_blas(self._options.blas_threads)
+        details = {**model.info.details, "scoring_blas_threads": blas, "search": self._plan.reason}
+        self._info = dataclasses.replace(model.info, details=details)  # once: every result carries it
 
     @classmethod
     def create(cls, bundle: str | Path | Bundle, options: RecommenderOptions | None = None) -> Recommender:
@@ -179,9 +181,7 @@ class Recommender:
     def info(self) -> SessionInfo:
         """What actually ran the encoder (runtime and version, device, precision, fallback), and in
         ``details`` the BLAS threads of the scoring product and the search with its reason."""
-        info = self.model.info
-        details = {**info.details, "scoring_blas_threads": self._blas, "search": self._plan.reason}
-        return dataclasses.replace(info, details=details)
+        return self._info
 
     def recommend(
         self,
